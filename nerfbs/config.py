@@ -1,0 +1,176 @@
+"""Frozen configuration shared by the CLI, the trainer, checkpoints and the renderer.
+
+Defaults are the original NeRFBlendShape recipe (../shared/FORMAT.md). Derived values (level
+resolutions, table offsets) are computed once here and never re-derived elsewhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The blended multi-resolution hash grid (instant-ngp / torch-ngp layout, align_corners=False).
+
+    Level ``l`` uses ``scale_l = 2^(l * log2(b)) * base_resolution - 1`` and
+    ``resolution_l = ceil(scale_l) + 1`` with ``b = (finest / base)^(1 / (levels - 1))``. A point x in
+    [0, 1]^3 maps to ``x * scale_l + 0.5``. A level stores ``min(2^log2_table_size, (resolution_l + 1)^3)``
+    entries rounded up to a multiple of 8; it is dense (row-major, x fastest) when its whole grid fits,
+    else hashed with primes (1, 2654435761, 805459861) modulo its size.
+    """
+
+    num_bases: int = 47
+    num_levels: int = 16
+    features_per_level: int = 4
+    base_resolution: int = 16
+    finest_resolution: int = 1024
+    log2_table_size: int = 14
+
+    def __post_init__(self) -> None:
+        if self.num_bases < 1 or self.num_levels < 1 or self.features_per_level < 1:
+            raise ValueError("grid: bases, levels and features per level must be >= 1")
+        if self.finest_resolution < self.base_resolution or self.base_resolution < 2:
+            raise ValueError("grid: need 2 <= base_resolution <= finest_resolution")
+        if not 4 <= self.log2_table_size <= 24:
+            raise ValueError("grid: log2_table_size must lie in [4, 24]")
+
+    @property
+    def per_level_scale(self) -> float:
+        if self.num_levels == 1:
+            return 1.0
+        return math.exp((math.log(self.finest_resolution) - math.log(self.base_resolution)) / (self.num_levels - 1))
+
+    @property
+    def level_scales(self) -> tuple[float, ...]:
+        s = math.log2(self.per_level_scale)
+        return tuple(math.pow(2.0, l * s) * self.base_resolution - 1.0 for l in range(self.num_levels))
+
+    @property
+    def level_resolutions(self) -> tuple[int, ...]:
+        return tuple(int(math.ceil(scale)) + 1 for scale in self.level_scales)
+
+    @property
+    def level_sizes(self) -> tuple[int, ...]:
+        cap = 1 << self.log2_table_size
+        sizes = []
+        for res in self.level_resolutions:
+            n = min(cap, (res + 1) ** 3)
+            sizes.append(int(math.ceil(n / 8) * 8))
+        return tuple(sizes)
+
+    @property
+    def level_dense(self) -> tuple[bool, ...]:
+        return tuple((res + 1) ** 3 <= size for res, size in zip(self.level_resolutions, self.level_sizes))
+
+    @property
+    def level_offsets(self) -> tuple[int, ...]:
+        offsets = [0]
+        for size in self.level_sizes:
+            offsets.append(offsets[-1] + size)
+        return tuple(offsets)
+
+    @property
+    def table_entries(self) -> int:
+        """P: entries per basis table, all levels together."""
+        return self.level_offsets[-1]
+
+    @property
+    def output_dim(self) -> int:
+        return self.num_levels * self.features_per_level
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    grid: GridConfig = field(default_factory=GridConfig)
+    density_hidden: int = 64
+    density_layers: int = 4
+    geo_features: int = 64
+    color_hidden: int = 64
+    color_layers: int = 1
+    sh_degree: int = 4
+    table_init: float = 1e-4
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    bound: float = 0.06
+    near_min: float = 0.05
+    grid_resolution: int = 128
+    density_threshold_ceiling: float = 10.0
+    min_step: float = 0.12 / 1024  # instant-ngp: sqrt(3) * 2 * bound / 1024, rounded to the box
+    max_step: float = 0.12 / 128
+    step_growth: float = 1.0 / 256  # dt = clamp(t * growth, min_step, max_step)
+    max_steps_per_ray: int = 1024
+    early_stop_transmittance: float = 1e-4
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    subject: str = ""
+    test_last: int = 500
+    scale: float = 0.33  # the format's translation scale
+    stream_from_disk: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 30000
+    minutes: float = 0.0  # 0: no wall-clock budget
+    rays_per_image: int = 1024
+    images_per_step: int = 2
+    lr: float = 1e-3
+    lr_final_fraction: float = 0.1
+    mlp_weight_decay: float = 1e-6
+    face_ray_fraction: float = 0.9
+    mask_loss_steps: int = 4000
+    table_l1_weight: float = 1.0
+    lpips_from_step: int = 20000
+    lpips_weight: float = 0.1
+    lpips_patch: int = 32
+    use_lpips: bool = True
+    mixed_precision: bool = True
+    occupancy_update_every: int = 16
+    occupancy_warmup_steps: int = 256
+    validate_every: int = 1000
+    checkpoint_every: int = 5000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        """Rebuild a config from ``to_dict`` output; unknown keys are an error (a config from another version)."""
+        return _build(cls, d)
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+
+def _build(kind: type, d: Any) -> Any:
+    if not dataclasses.is_dataclass(kind):
+        return d
+    if not isinstance(d, dict):
+        raise ValueError(f"config section {kind.__name__} is not a mapping")
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ValueError(f"config section {kind.__name__} has unknown keys {unknown}")
+    kwargs = {}
+    for name, value in d.items():
+        ftype = fields[name].type
+        sub = {"GridConfig": GridConfig, "ModelConfig": ModelConfig, "RenderConfig": RenderConfig,
+               "DataConfig": DataConfig, "TrainConfig": TrainConfig}.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        kwargs[name] = _build(sub, value) if sub else value
+    return kind(**kwargs)

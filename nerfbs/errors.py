@@ -1,0 +1,5 @@
+"""Errors that reach the user as one line, naming the file and the fix."""
+
+
+class UserError(Exception):
+    """Bad input or an impossible option. The CLI prints the message alone and exits non-zero."""
