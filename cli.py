@@ -43,11 +43,61 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log libra
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _check_range(name: str, value: float, low: float, high: float | None = None) -> None:
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise UserError(f"{name} must be {bound}, got {value}")
+
+
 @app.command()
 @_one_line_errors
-def train() -> None:
-    """Train an avatar from a subject folder (not yet available)."""
-    _not_yet("train")
+def train(
+    subject: str = typer.Argument(..., help="Subject folder, or a name under ./dataset/."),
+    test_last: int = typer.Option(500, help="Hold out the last N frames for testing."),
+    workspace: Optional[Path] = typer.Option(None, help="Output folder [default: runs/<subject name>]."),
+    steps: int = typer.Option(30000, help="Training steps."),
+    minutes: float = typer.Option(0.0, help="Wall-clock budget in minutes (0: none); ends training when reached."),
+    resume: bool = typer.Option(False, help="Continue the run saved in the workspace."),
+    rays_per_image: int = typer.Option(1024, help="Rays per training image."),
+    images_per_step: int = typer.Option(2, help="Training images per step."),
+    lr: float = typer.Option(1e-3, help="Initial learning rate."),
+    lpips: bool = typer.Option(True, help="Perceptual loss from step --lpips-from (needs the VGG weights)."),
+    lpips_from: int = typer.Option(20000, help="Step from which the perceptual loss applies."),
+    mask_loss: bool = typer.Option(True, help="Opacity-vs-head-mask loss in the first 4,000 steps."),
+    face_sampling: bool = typer.Option(True, help="Sample 90% of rays inside the face rectangle."),
+    table_l1: bool = typer.Option(True, help="L1 penalty on the non-neutral tables."),
+    mixed_precision: bool = typer.Option(True, help="fp16 MLPs on CUDA."),
+    neutral_only: bool = typer.Option(False, help="Ablation: fix every frame's coefficients at neutral."),
+    stream: bool = typer.Option(False, help="Read training frames from disk instead of keeping them in memory."),
+    validate_every: int = typer.Option(1000, help="Render a held-out frame every N steps."),
+    checkpoint_every: int = typer.Option(5000, help="Keep a checkpoint every N steps."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Train an avatar from a subject folder."""
+    from nerfbs.config import Config, DataConfig, TrainConfig
+    from nerfbs.data import resolve_subject_path
+    from nerfbs import commands
+
+    _check_range("--test-last", test_last, 1)
+    _check_range("--steps", steps, 1)
+    _check_range("--minutes", minutes, 0)
+    _check_range("--rays-per-image", rays_per_image, 16, 1 << 20)
+    _check_range("--images-per-step", images_per_step, 1, 64)
+    _check_range("--lr", lr, 1e-8, 1.0)
+    _check_range("--validate-every", validate_every, 1)
+    _check_range("--checkpoint-every", checkpoint_every, 1)
+    path = resolve_subject_path(subject)
+    defaults = TrainConfig()
+    config = Config(
+        data=DataConfig(subject=str(path), test_last=test_last, stream_from_disk=stream, neutral_only=neutral_only),
+        train=TrainConfig(steps=steps, minutes=minutes, rays_per_image=rays_per_image, images_per_step=images_per_step,
+                          lr=lr, use_lpips=lpips, lpips_from_step=lpips_from,
+                          mask_loss_steps=defaults.mask_loss_steps if mask_loss else 0,
+                          face_ray_fraction=defaults.face_ray_fraction if face_sampling else 0.0,
+                          table_l1_weight=defaults.table_l1_weight if table_l1 else 0.0,
+                          mixed_precision=mixed_precision, validate_every=validate_every,
+                          checkpoint_every=checkpoint_every, seed=seed))
+    commands.train_and_report(config, workspace or Path("runs") / path.name, resume=resume)
 
 
 @app.command()

@@ -6,6 +6,7 @@ resolutions, table offsets) are computed once here and never re-derived elsewher
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +27,29 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class RenderConfig:
+    """Scene box, occupancy grid and marching steps (the original's values: step sizes scale with the box)."""
+
     bound: float = 0.06
     near_min: float = 0.05
     grid_resolution: int = 128
     density_threshold_ceiling: float = 10.0
-    min_step: float = 0.12 / 1024  # instant-ngp: sqrt(3) * 2 * bound / 1024, rounded to the box
-    max_step: float = 0.12 / 128
-    step_growth: float = 1.0 / 256  # dt = clamp(t * growth, min_step, max_step)
+    step_growth: float = 1.0 / 128  # dt = clamp(t * step_growth, min_step, max_step)
     max_steps_per_ray: int = 1024
     early_stop_transmittance: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if not self.bound > 0 or not self.near_min >= 0:
+            raise ValueError("render: bound must be > 0 and near_min >= 0")
+        if self.grid_resolution < 8 or self.grid_resolution % 8:
+            raise ValueError("render: grid_resolution must be a multiple of 8, at least 8")
+
+    @property
+    def min_step(self) -> float:
+        return 2.0 * math.sqrt(3.0) * self.bound / 2048
+
+    @property
+    def max_step(self) -> float:
+        return 2.0 * self.bound / (self.grid_resolution - 1)
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,7 @@ class DataConfig:
     test_last: int = 500
     scale: float = 0.33  # the format's translation scale
     stream_from_disk: bool = False
+    neutral_only: bool = False  # ablation: every frame's coefficients fixed at the neutral face
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,7 @@ class TrainConfig:
     mlp_weight_decay: float = 1e-6
     face_ray_fraction: float = 0.9
     mask_loss_steps: int = 4000
+    mask_loss_weight: float = 1.0
     table_l1_weight: float = 1.0
     lpips_from_step: int = 20000
     lpips_weight: float = 0.1

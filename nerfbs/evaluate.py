@@ -1,0 +1,101 @@
+"""Held-out evaluation: PSNR, SSIM and LPIPS of rendered frames against head_imgs (already composited on
+the dataset background), over the full frame and inside the face and mouth rectangles."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from nerfbs import metrics
+from nerfbs.atomic import write_text
+from nerfbs.images import error_grid, write_png
+
+REGIONS = ("full", "face", "mouth")
+
+
+@dataclass
+class Evaluation:
+    """Per-frame rows and their means, per region."""
+
+    rows: list[dict] = field(default_factory=list)
+
+    def mean(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for region in REGIONS:
+            out[region] = {}
+            for name in ("psnr", "ssim", "lpips"):
+                values = [r[region][name] for r in self.rows if r[region].get(name) is not None]
+                out[region][name] = float(np.mean(values)) if values else None
+        return out
+
+    def to_json(self) -> dict:
+        return {"frames": len(self.rows), "mean": self.mean(), "per_frame": self.rows}
+
+    def markdown(self) -> str:
+        mean = self.mean()
+        lines = [f"Held-out frames: {len(self.rows)}", "", "| region | PSNR (dB) | SSIM | LPIPS |", "| --- | ---: | ---: | ---: |"]
+        for region in REGIONS:
+            m = mean[region]
+            fmt = lambda v, p: "n/a" if v is None else f"{v:.{p}f}"
+            lines.append(f"| {region} | {fmt(m['psnr'], 2)} | {fmt(m['ssim'], 4)} | {fmt(m['lpips'], 4)} |")
+        return "\n".join(lines) + "\n"
+
+
+def _rect(r) -> tuple[int, int, int, int]:
+    return tuple(int(v) for v in r)  # type: ignore[return-value]
+
+
+def score_frame(pred: np.ndarray, truth: np.ndarray, face_rect, mouth_rect,
+                lpips_model: torch.nn.Module | None) -> dict:
+    """Metrics of one frame (float [H, W, 3] images in [0, 1]) for each region."""
+    row = {}
+    for region, rect in (("full", None), ("face", _rect(face_rect)), ("mouth", _rect(mouth_rect))):
+        row[region] = {
+            "psnr": metrics.psnr(pred, truth, rect=rect),
+            "ssim": metrics.ssim(pred, truth, rect=rect),
+            "lpips": metrics.lpips_distance(lpips_model, pred, truth, rect=rect) if lpips_model is not None else None,
+        }
+    return row
+
+
+def evaluate_frames(render: Callable[[int], tuple[np.ndarray, np.ndarray]], frames: list[int], face_rects,
+                    mouth_rects, lpips_model: torch.nn.Module | None,
+                    progress: Callable[[int, int], None] | None = None,
+                    keep_worst: int = 0) -> tuple[Evaluation, list[tuple[float, int, np.ndarray, np.ndarray]]]:
+    """Score ``render(frame) -> (prediction, truth)`` on each frame; also return the ``keep_worst`` frames with the
+    lowest full-frame PSNR as (psnr, frame, prediction, truth)."""
+    result = Evaluation()
+    worst: list[tuple[float, int, np.ndarray, np.ndarray]] = []
+    for i, frame in enumerate(frames):
+        pred, truth = render(frame)
+        row = score_frame(pred, truth, face_rects[frame], mouth_rects[frame], lpips_model)
+        row["frame"] = int(frame)
+        result.rows.append(row)
+        if keep_worst:
+            worst.append((row["full"]["psnr"], int(frame), pred, truth))
+            worst = sorted(worst, key=lambda w: w[0])[:keep_worst]
+        if progress is not None:
+            progress(i + 1, len(frames))
+    return result, worst
+
+
+def write_report(evaluation: Evaluation, out_dir: Path, worst: list | None = None) -> dict[str, Path]:
+    """metrics.json, metrics.md and (given worst frames) worst.png: prediction | truth | error rows."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "metrics.json", "markdown": out_dir / "metrics.md"}
+    write_text(paths["json"], json.dumps(evaluation.to_json(), indent=2))
+    write_text(paths["markdown"], evaluation.markdown())
+    if worst:
+        paths["worst"] = out_dir / "worst.png"
+        write_png(paths["worst"], np.concatenate([error_grid(p, t) for _, _, p, t in worst], axis=0))
+    return paths
+
+
+def psnr_from_mse(mse: float) -> float:
+    return -10.0 * math.log10(max(mse, 1e-10))

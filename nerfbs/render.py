@@ -1,0 +1,93 @@
+"""Ties the kernels and the field together: training renders of ray batches, inference renders of
+whole images, and the occupancy grid's refresh. Knows rays and cameras, not datasets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nerfbs.config import RenderConfig
+from nerfbs.model import BlendShapeField
+from taichi_kernels.composite import composite
+from taichi_kernels.march import MarchParams, march_rays_train, render_rays_inference
+from taichi_kernels.occupancy import OccupancyGrid
+
+
+@dataclass
+class RenderOutput:
+    rgb: torch.Tensor  # [R, 3] composited over the per-ray background
+    opacity: torch.Tensor  # [R]
+    depth: torch.Tensor  # [R]
+    num_samples: int  # samples marched (and evaluated) for these rays
+
+
+def march_params(config: RenderConfig) -> MarchParams:
+    return MarchParams(bound=config.bound, near_min=config.near_min, min_step=config.min_step,
+                       max_step=config.max_step, step_growth=config.step_growth,
+                       max_steps=config.max_steps_per_ray)
+
+
+def make_occupancy_grid(config: RenderConfig) -> OccupancyGrid:
+    return OccupancyGrid(bound=config.bound, resolution=config.grid_resolution,
+                         threshold_ceiling=config.density_threshold_ceiling)
+
+
+def render_rays_train(field: BlendShapeField, grid: OccupancyGrid, config: RenderConfig, origins: torch.Tensor,
+                      directions: torch.Tensor, ray_frame: torch.Tensor, coeffs: torch.Tensor,
+                      background: torch.Tensor, *, jitter: bool = True,
+                      generator: torch.Generator | None = None) -> RenderOutput:
+    """Differentiable render of R rays: origins/directions [R, 3], ray_frame [R] int32 rows of coeffs [F, K],
+    background [R, 3]. Gradients reach the field's parameters and ``coeffs``."""
+    samples = march_rays_train(origins, directions, grid, march_params(config), jitter=jitter, generator=generator)
+    frame_index = ray_frame[samples.ray_index.long()].int()  # [M]
+    sigma, rgb = field(samples.positions, samples.directions, frame_index, coeffs)
+    color, opacity, depth = composite(sigma, rgb, samples.t, samples.dt, samples.ray_offsets, samples.ray_counts,
+                                      background, early_stop=config.early_stop_transmittance)
+    return RenderOutput(color, opacity, depth, int(samples.t.shape[0]))
+
+
+@torch.no_grad()
+def render_rays(field: BlendShapeField, grid: OccupancyGrid, config: RenderConfig, origins: torch.Tensor,
+                directions: torch.Tensor, ray_frame: torch.Tensor, coeffs: torch.Tensor, background: torch.Tensor,
+                *, chunk: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inference render (alive-ray loop) of R rays, in chunks of ``chunk`` rays: (rgb [R,3], opacity [R], depth [R])."""
+    params = march_params(config)
+
+    def field_fn(points, dirs, frame_index):
+        with torch.autocast(points.device.type, dtype=torch.float16, enabled=points.device.type == "cuda"):
+            sigma, rgb = field(points, dirs, frame_index, coeffs)
+        return sigma.float(), rgb.float()
+
+    outs = []
+    for start in range(0, origins.shape[0], chunk):
+        end = start + chunk
+        outs.append(render_rays_inference(origins[start:end], directions[start:end], ray_frame[start:end], field_fn,
+                                          grid, params, background[start:end]))
+    if not outs:
+        empty = origins.new_zeros(0)
+        return origins.new_zeros(0, 3), empty, empty
+    return tuple(torch.cat(parts) for parts in zip(*outs))  # type: ignore[return-value]
+
+
+def basis_max_coefficients(coeff_max: torch.Tensor) -> torch.Tensor:
+    """The original's occupancy probes: the neutral face plus each basis pushed to its training maximum.
+
+    coeff_max [K-1] -> [K, K] rows (1, 0, ..., 0) and (1, 0, .., max_k, .., 0)."""
+    k = coeff_max.shape[0] + 1
+    probes = torch.zeros(k, k, dtype=torch.float32, device=coeff_max.device)
+    probes[:, 0] = 1.0
+    idx = torch.arange(1, k, device=coeff_max.device)
+    probes[idx, idx] = coeff_max.float()
+    return probes
+
+
+@torch.no_grad()
+def update_occupancy(field: BlendShapeField, grid: OccupancyGrid, probes: torch.Tensor, *, step: int,
+                     warmup_steps: int, generator: torch.Generator | None = None) -> None:
+    """Refresh the occupancy grid from the field's density at every probe coefficient vector [S, K]."""
+
+    def density_fn(points, frame_index, coeffs):
+        with torch.autocast(points.device.type, dtype=torch.float16, enabled=points.device.type == "cuda"):
+            return field.density(points, frame_index, coeffs).float()
+
+    grid.update(density_fn, probes, step=step, warmup_steps=warmup_steps, generator=generator)

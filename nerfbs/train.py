@@ -1,0 +1,293 @@
+"""Training: from a subject folder to a checkpointed avatar.
+
+A few small functions around one ``TrainRun`` record of the live objects: ``make_optimizer``,
+``train_step``, ``validate``, ``save`` / ``restore`` and the ``train`` loop that ties them together.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from nerfbs import checkpoint as ckpt
+from nerfbs.config import Config, TrainConfig
+from nerfbs.data import RaySampler, Subject, load_subject
+from nerfbs.errors import UserError
+from nerfbs.images import error_grid, write_png
+from nerfbs.model import BlendShapeField
+from nerfbs.plot import write_curves
+from nerfbs.render import (basis_max_coefficients, make_occupancy_grid, render_rays, render_rays_train,
+                           update_occupancy)
+from nerfbs.workspace import Workspace
+from taichi_kernels.occupancy import OccupancyGrid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainRun:
+    """The live objects of one training run."""
+
+    config: Config
+    subject: Subject
+    sampler: RaySampler
+    field: BlendShapeField
+    grid: OccupancyGrid
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    probes: torch.Tensor  # [S, K] coefficient vectors the occupancy grid is refreshed over
+    generator: torch.Generator
+    workspace: Workspace
+    lpips: torch.nn.Module | None
+    step: int = 0
+    started: float = 0.0
+    elapsed_before: float = 0.0  # training seconds spent before a resume
+
+    @property
+    def device(self) -> torch.device:
+        return self.probes.device
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self.started)
+
+
+def fit_config_to_subject(config: Config, subject: Subject) -> Config:
+    """The subject decides the number of bases: its coefficients plus the neutral one."""
+    grid = dataclasses.replace(config.model.grid, num_bases=subject.num_coeffs + 1)
+    return config.replace(model=dataclasses.replace(config.model, grid=grid))
+
+
+def make_optimizer(field: BlendShapeField, cfg: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    """Adam as the original: weight decay on the MLPs only, eps 1e-15."""
+    groups = [{"params": [field.encoder.tables], "weight_decay": 0.0},
+              {"params": field.mlp_parameters(), "weight_decay": cfg.mlp_weight_decay}]
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.99), eps=1e-15, fused=device.type == "cuda")
+
+
+def training_fraction(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
+    """How far training has come, 0 to 1, by steps or by the wall-clock budget, whichever is further."""
+    frac = step / max(cfg.steps, 1)
+    if cfg.minutes > 0:
+        frac = max(frac, elapsed_s / (cfg.minutes * 60.0))
+    return min(frac, 1.0)
+
+
+def learning_rate(cfg: TrainConfig, fraction: float) -> float:
+    """Exponential decay from ``lr`` to ``lr * lr_final_fraction``."""
+    return cfg.lr * cfg.lr_final_fraction ** fraction
+
+
+def _autocast(run: TrainRun):
+    enabled = run.config.train.mixed_precision and run.device.type == "cuda"
+    return torch.autocast(run.device.type, dtype=torch.float16, enabled=enabled)
+
+
+def train_step(run: TrainRun) -> dict[str, float]:
+    """One optimisation step on ``images_per_step`` random training frames. Returns the step's figures."""
+    cfg = run.config.train
+    subject, step = run.subject, run.step
+    if step % cfg.occupancy_update_every == 0:
+        update_occupancy(run.field, run.grid, run.probes, step=step, warmup_steps=cfg.occupancy_warmup_steps,
+                         generator=run.generator)
+    frames = torch.randint(0, subject.num_train, (cfg.images_per_step,), device=run.device, generator=run.generator)
+    rays = run.sampler.sample(frames, cfg.rays_per_image, face_fraction=cfg.face_ray_fraction, generator=run.generator)
+    coeffs = subject.coeffs[frames]  # [B, K]
+    lr = learning_rate(cfg, training_fraction(cfg, step, run.elapsed))
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+
+    with _autocast(run):
+        out = render_rays_train(run.field, run.grid, run.config.render, rays.origins, rays.directions,
+                                rays.frame_slot, coeffs, rays.background, generator=run.generator)
+        color_loss = (out.rgb - rays.rgb).abs().mean()
+        loss = color_loss
+        figures = {"color_loss": color_loss}
+        if step < cfg.mask_loss_steps and cfg.mask_loss_weight > 0:
+            mask_loss = F.mse_loss(out.opacity, rays.mask)
+            loss = loss + cfg.mask_loss_weight * mask_loss
+            figures["mask_loss"] = mask_loss
+        if cfg.table_l1_weight > 0:
+            table_l1 = run.field.encoder.tables[1:].abs().mean()
+            loss = loss + cfg.table_l1_weight * table_l1
+            figures["table_l1"] = table_l1
+        if run.lpips is not None and step >= cfg.lpips_from_step:
+            patch_loss = _patch_loss(run, frames[0], "mouth" if step % 2 == 0 else "face")
+            loss = loss + patch_loss
+            figures["patch_loss"] = patch_loss
+
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.step += 1
+
+    mse = F.mse_loss(out.rgb.detach().float(), rays.rgb)
+    figures.update(loss=loss, psnr=-10.0 * torch.log10(mse.clamp_min(1e-10)))
+    result = {k: float(v) for k, v in figures.items()}
+    result.update(lr=lr, samples_per_ray=out.num_samples / max(rays.origins.shape[0], 1),
+                  occupancy=float(run.grid.occupancy_fraction))
+    return result
+
+
+def _patch_loss(run: TrainRun, frame: torch.Tensor, rect: str) -> torch.Tensor:
+    """LPIPS (+ 0.1 x L1) on a rendered 32x32 patch inside the mouth or face rectangle, weighted as the original."""
+    cfg = run.config.train
+    p = cfg.lpips_patch
+    rays = run.sampler.sample_patch(int(frame), rect, size=p, generator=run.generator)
+    coeffs = run.subject.coeffs[frame].unsqueeze(0)
+    out = render_rays_train(run.field, run.grid, run.config.render, rays.origins, rays.directions, rays.frame_slot,
+                            coeffs, rays.background, generator=run.generator)
+    pred = out.rgb.float().reshape(1, p, p, 3).permute(0, 3, 1, 2)
+    truth = rays.rgb.reshape(1, p, p, 3).permute(0, 3, 1, 2)
+    return cfg.lpips_weight * (run.lpips(pred, truth).mean() + (pred - truth).abs().mean())
+
+
+@torch.no_grad()
+def render_frame(field: BlendShapeField, grid: OccupancyGrid, config: Config, sampler: RaySampler,
+                 coeffs: torch.Tensor, frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """Render one frame of the subject at full size with its own pose and coefficients.
+
+    Returns (prediction, truth) as float32 [H, W, 3] numpy images in [0, 1]."""
+    rays = sampler.full_image(frame)
+    rgb, _, _ = render_rays(field, grid, config.render, rays.origins, rays.directions, rays.frame_slot,
+                            coeffs[frame].unsqueeze(0), rays.background)
+    h, w = sampler.subject.height, sampler.subject.width
+    return rgb.reshape(h, w, 3).clamp(0, 1).cpu().numpy(), rays.rgb.reshape(h, w, 3).cpu().numpy()
+
+
+def validation_frames(subject: Subject) -> list[int]:
+    """Every 70th held-out frame, as the original validates."""
+    return [int(i) for i in subject.test_indices[::70]]
+
+
+def validate(run: TrainRun) -> dict[str, float]:
+    """Render one held-out frame (cycling through the validation frames), save the comparison grid."""
+    frames = validation_frames(run.subject)
+    frame = frames[(run.step // max(run.config.train.validate_every, 1)) % len(frames)]
+    pred, truth = render_frame(run.field, run.grid, run.config, run.sampler, run.subject.coeffs, frame)
+    mse = float(np.mean((pred - truth) ** 2))
+    write_png(run.workspace.validation(run.step), error_grid(pred, truth))
+    return {"val_psnr": -10.0 * math.log10(max(mse, 1e-10)), "val_frame": frame}
+
+
+def expression_stats(subject: Subject) -> dict:
+    return {"num_coeffs": subject.num_coeffs, "coeff_min": subject.coeff_min.cpu(),
+            "coeff_max": subject.coeff_max.cpu(), "coeff_names": list(subject.coeff_names or [])}
+
+
+def save(run: TrainRun, path: Path) -> Path:
+    return ckpt.save_checkpoint(
+        path, config=run.config, step=run.step, model=run.field.state_dict(), occupancy=run.grid.state_dict(),
+        optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(), expressions=expression_stats(run.subject),
+        rng={"generator": run.generator.get_state(), "elapsed": torch.tensor(run.elapsed, dtype=torch.float64)})
+
+
+def restore(run: TrainRun, payload: dict, path: Path) -> None:
+    """Load a checkpoint's model, occupancy, optimizer and RNG state into ``run`` (strict)."""
+    ckpt.check_coefficient_count(payload, run.subject.num_coeffs, path=path, subject=str(run.subject.root))
+    ckpt.load_state_strict(run.field, payload["model"], what="model", path=path)
+    ckpt.load_state_strict(run.grid, payload["occupancy"], what="occupancy grid", path=path)
+    try:
+        run.optimizer.load_state_dict(payload["optimizer"])
+    except (ValueError, KeyError) as err:
+        raise UserError(f"{path}: optimizer state does not match this model ({err}) — retrain") from None
+    if payload.get("scaler"):
+        run.scaler.load_state_dict(payload["scaler"])
+    run.generator.set_state(payload["rng"]["generator"])
+    run.elapsed_before = float(payload["rng"]["elapsed"])
+    run.step = int(payload["step"])
+
+
+def build_run(config: Config, workspace: Workspace, device: torch.device, *, lpips: torch.nn.Module | None,
+              progress: Callable[[int, int], None] | None = None, subject: Subject | None = None) -> TrainRun:
+    """Load the subject and build the field, occupancy grid and optimizer for ``config``."""
+    if subject is None:
+        subject = load_subject(config.data.subject, test_last=config.data.test_last, device=device,
+                               stream_from_disk=config.data.stream_from_disk, progress=progress)
+    config = fit_config_to_subject(config, subject)
+    if config.data.neutral_only:
+        subject.coeffs[:, 1:] = 0.0
+    torch.manual_seed(config.train.seed)
+    field = BlendShapeField(config.model, bound=config.render.bound).to(device)
+    grid = make_occupancy_grid(config.render).to(device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.train.seed)
+    return TrainRun(config=config, subject=subject, sampler=RaySampler(subject, device), field=field, grid=grid,
+                    optimizer=make_optimizer(field, config.train, device),
+                    scaler=torch.amp.GradScaler(device.type, enabled=config.train.mixed_precision and device.type == "cuda"),
+                    probes=basis_max_coefficients(subject.coeff_max.to(device)), generator=generator,
+                    workspace=workspace, lpips=lpips)
+
+
+StepCallback = Callable[[int, dict], None]
+
+
+def train(run: TrainRun, *, on_step: StepCallback | None = None, log_every: int = 50) -> dict:
+    """Run the loop until the step count or the wall-clock budget ends it. Saves the latest checkpoint at the
+    end, periodically, and on Ctrl-C (then re-raises). Returns the last figures."""
+    cfg = run.config.train
+    ws = run.workspace
+    ws.create()
+    ws.write_config(run.config.to_dict())
+    run.started = time.perf_counter()
+    last: dict = {}
+    try:
+        while run.step < cfg.steps and not (cfg.minutes > 0 and run.elapsed >= cfg.minutes * 60.0):
+            t0 = time.perf_counter()
+            figures = train_step(run)
+            figures["ms_per_step"] = (time.perf_counter() - t0) * 1000.0
+            step = run.step
+            if step % cfg.validate_every == 0 or step == cfg.steps:
+                figures.update(validate(run))
+            if step % log_every == 0 or "val_psnr" in figures:
+                ws.append_metrics({"step": step, "elapsed_s": round(run.elapsed, 2), **figures})
+            if step % cfg.checkpoint_every == 0:
+                save(run, ws.periodic(step))
+                save(run, ws.latest)
+            last = figures
+            if on_step is not None:
+                on_step(step, figures)
+    except KeyboardInterrupt:
+        save(run, ws.latest)
+        log.warning("interrupted at step %d: saved %s", run.step, ws.latest)
+        raise
+    if "val_psnr" not in last and validation_frames(run.subject):
+        last.update(validate(run))
+        ws.append_metrics({"step": run.step, "elapsed_s": round(run.elapsed, 2), **last})
+    save(run, ws.latest)
+    write_curves(ws.read_metrics(), ws.curves)
+    return last
+
+
+def prepare_run(config: Config, workspace: Workspace, device: torch.device, *, resume: bool,
+                lpips_loader: Callable[[bool], torch.nn.Module | None],
+                progress: Callable[[int, int], None] | None = None) -> TrainRun:
+    """A new run, or (``resume``) the run saved in ``workspace`` continued with ``config``'s step/time budget.
+
+    ``lpips_loader(needed)`` returns the perceptual network, raising when ``needed`` and it is unavailable."""
+    if resume:
+        if not workspace.latest.exists():
+            raise UserError(f"{workspace.latest}: nothing to resume — train without --resume first")
+        payload = ckpt.load_checkpoint(workspace.latest, map_location=device)
+        saved: Config = payload["config"]
+        config = saved.replace(train=dataclasses.replace(saved.train, steps=config.train.steps,
+                                                         minutes=config.train.minutes))
+    elif workspace.latest.exists():
+        raise UserError(f"{workspace.root} already holds a run ({workspace.latest.name}) — pass --resume to continue "
+                        "it, or choose another --workspace")
+    needs_lpips = config.train.use_lpips and config.train.steps > config.train.lpips_from_step
+    run = build_run(config, workspace, device, lpips=lpips_loader(needs_lpips) if config.train.use_lpips else None,
+                    progress=progress)
+    if resume:
+        restore(run, payload, workspace.latest)
+        workspace.truncate_metrics(run.step)
+    return run
