@@ -109,9 +109,45 @@ def render() -> None:
 
 @app.command("export-video")
 @_one_line_errors
-def export_video() -> None:
-    """Turn a folder of rendered frames into an mp4 (not yet available)."""
-    _not_yet("export-video")
+def export_video(
+    frames_dir: Path = typer.Argument(..., help="Folder of numbered frames (0000.png, 0001.png, ...)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The mp4 to write."),
+    fps: float = typer.Option(25.0, help="Frames per second."),
+    side_by_side: Optional[Path] = typer.Option(None, help="Second folder of frames, shown to the right."),
+) -> None:
+    """Turn a folder of rendered frames into an H.264 mp4 (frames in numeric order; *_nvs.png twins skipped)."""
+    from nerfbs.commands import progress_bar
+    from nerfbs.video import export_video as encode
+
+    _check_range("--fps", fps, 0.01, 1000)
+    with progress_bar("encoding") as update:
+        count, (height, width) = encode(frames_dir, output, fps=fps, side_by_side=side_by_side, progress=update)
+    typer.echo(f"wrote {count} frames ({width}x{height}, {fps:g} fps) to {output}")
+
+
+@app.command()
+@_one_line_errors
+def synth(
+    out: Path = typer.Argument(..., help="New subject folder to write."),
+    frames: int = typer.Option(600, help="Number of frames."),
+    size: int = typer.Option(512, help="Image width and height in pixels."),
+    coeffs: int = typer.Option(46, help="Expression coefficients per frame (ARKit-like names; 52 gives all of them)."),
+    seed: int = typer.Option(0, help="Random seed: the same seed writes the same subject."),
+    preview: bool = typer.Option(False, help="Also write OUT/preview.png, a contact sheet of a few frames."),
+) -> None:
+    """Write a procedural talking head in the NeRFBlendShape dataset layout."""
+    import time
+
+    from nerfbs.commands import progress_bar
+    from nerfbs.synth import synthesize, write_preview
+
+    start = time.perf_counter()
+    with progress_bar("rendering", total=frames) as update:
+        path = synthesize(out, frames=frames, size=size, coeffs=coeffs, seed=seed, progress=update)
+    typer.echo(f"wrote {frames} frames ({size}x{size}, {coeffs} coefficients) to {path} "
+               f"in {time.perf_counter() - start:.1f} s")
+    if preview:
+        typer.echo(f"preview: {write_preview(path, path / 'preview.png')}")
 
 
 if __name__ == "__main__":
