@@ -2,6 +2,12 @@
 and owns the console (progress bars, tables, one-line errors)."""
 from __future__ import annotations
 
+import os
+
+# Torch's OpenMP workers otherwise spin after each op and steal the cores Taichi's CPU kernels need
+# (measured: ~2x slower CPU training steps). Must be set before torch starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import functools
 import logging
 import sys
@@ -102,9 +108,43 @@ def train(
 
 @app.command()
 @_one_line_errors
-def render() -> None:
-    """Render frames from a trained checkpoint (not yet available)."""
-    _not_yet("render")
+def render(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint written by `nerfbs train` (e.g. runs/x/checkpoints/latest.pth)."),
+    frames: str = typer.Option("test", help="Frames whose cameras (and coefficients) to use: test, train, all, an "
+                               "index, or a range a:b (0-based, b exclusive)."),
+    background: str = typer.Option("dataset", help="dataset (bc.jpg), white, or alpha (RGBA PNG, opacity as alpha)."),
+    scale: float = typer.Option(1.0, help="Resolution scale of the output images."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (its earlier frames are replaced) "
+                                       "[default: <workspace>/render/<checkpoint name>]."),
+    batch: int = typer.Option(4, help="Images per renderer call."),
+    drive: Optional[Path] = typer.Option(None, help="Reenact: another sequence's transforms.json, one output frame per "
+                                         "driving frame (its coefficients clamped by its own, then this avatar's range)."),
+    drive_relative: bool = typer.Option(False, help="With --drive: this avatar's first training frame plus the "
+                                        "driver's change since its first frame (avoids identity leakage)."),
+    set_: list[str] = typer.Option([], "--set", help="Fix a coefficient in every frame: INDEX=VALUE, INDEX counting "
+                                   "exp_ori from 0 (--set 0=0.8), or NAME=VALUE with the data's exp_names "
+                                   "(--set jawOpen=0.8). Repeatable; values are clamped to the trained range."),
+    camera: str = typer.Option("dataset", help="dataset (the frames' own cameras) or orbit (a 360-degree turntable)."),
+    nvs: bool = typer.Option(True, help="Also render each frame from the original's novel-view camera swinging "
+                             "+-15 degrees around the head (<i>_nvs.png)."),
+    subject: Optional[Path] = typer.Option(None, help="The avatar's subject folder, if it moved since training."),
+) -> None:
+    """Render an avatar from its checkpoint alone: held-out frames, reenactment (--drive), edits (--set), orbits."""
+    from nerfbs.avatar import load_avatar
+    from nerfbs.commands import progress_bar
+    from nerfbs.rendering_job import plan_render, run_job
+
+    _check_range("--batch", batch, 1, 4096)
+    avatar = load_avatar(checkpoint, subject_dir=subject)
+    job = plan_render(avatar, frames=frames, background=background, scale=scale, drive=drive,
+                      drive_relative=drive_relative, settings=set_, camera=camera, nvs=nvs)
+    for note in job.notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    out_dir = out or avatar.workspace / "render" / checkpoint.stem
+    with progress_bar("rendering", total=len(job)) as update:
+        stats = run_job(avatar, job, out_dir, batch=batch, progress=update)
+    typer.echo(f"rendered {stats.images} images ({job.width}x{job.height}) to {stats.out_dir}: "
+               f"{stats.fps:.1f} frames/s ({stats.seconds:.2f} s rendering, PNG writing excluded)")
 
 
 @app.command("export-video")
@@ -148,6 +188,83 @@ def synth(
                f"in {time.perf_counter() - start:.1f} s")
     if preview:
         typer.echo(f"preview: {write_preview(path, path / 'preview.png')}")
+
+
+@app.command()
+@_one_line_errors
+def preprocess(
+    video: Path = typer.Argument(..., help="A talking-head video (one face, fixed camera)."),
+    out: Path = typer.Argument(..., help="New subject folder to write."),
+    size: int = typer.Option(512, help="Width and height of the square crop in pixels."),
+    max_frames: Optional[int] = typer.Option(None, help="Use only the first N frames."),
+    landmarker: Optional[Path] = typer.Option(None, help="face_landmarker_v2_with_blendshapes.task [default: the "
+                                              "cache, $NERFBS_CACHE or ~/.cache/nerfbs, downloaded when absent]."),
+    fov: float = typer.Option(63.0, help="Assumed vertical field of view of the video frame, degrees."),
+    preview: bool = typer.Option(False, help="Also write OUT/preview.png: crops, landmarks and masks."),
+) -> None:
+    """Turn a talking-head video into a subject: crop, landmarks, blendshapes, poses, head masks, background."""
+    import contextlib
+
+    from nerfbs.commands import progress_bar
+    from nerfbs.preprocess import preprocess_video
+
+    if max_frames is not None:
+        _check_range("--max-frames", max_frames, 1)
+    with contextlib.ExitStack() as bars:
+        current: dict = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if current.get("stage") != stage:
+                bars.close()
+                current.update(stage=stage, update=bars.enter_context(progress_bar(stage, total=total)))
+            current["update"](done, total)
+
+        report = preprocess_video(video, out, size=size, max_frames=max_frames, landmarker=landmarker,
+                                  fov_degrees=fov, preview=preview, progress=progress)
+    typer.echo(f"wrote {report.frames_written} frames ({size}x{size}, crop x={report.crop[0]} y={report.crop[1]} "
+               f"side={report.crop[2]}) to {report.subject}; {report.frames_dropped} of {report.frames_decoded} "
+               f"decoded frames had no face and were left out; {report.background_inpainted:.0%} of bc.jpg inpainted")
+    if report.preview is not None:
+        typer.echo(f"preview: {report.preview}")
+
+
+@app.command("eval")
+@_one_line_errors
+def eval_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint written by `nerfbs train`."),
+    out: Optional[Path] = typer.Option(None, help="Report folder [default: <workspace>/eval/<checkpoint name>]."),
+    subject: Optional[Path] = typer.Option(None, help="The avatar's subject folder, if it moved since training."),
+) -> None:
+    """PSNR, SSIM and LPIPS of the held-out frames (full frame, face and mouth): metrics.json, metrics.md, worst.png."""
+    from nerfbs.avatar import load_avatar
+    from nerfbs.commands import evaluate_run
+    from nerfbs.perceptual import load_lpips
+
+    avatar = load_avatar(checkpoint, subject_dir=subject)
+    avatar.lpips = load_lpips(avatar.device, allow_missing=True)
+    if avatar.lpips is None:
+        typer.echo("LPIPS: n/a (the VGG16 weights are missing; see `nerfbs train --help` on --lpips)", err=True)
+    evaluate_run(avatar, out or avatar.workspace / "eval" / checkpoint.stem)
+
+
+@app.command()
+@_one_line_errors
+def demo(
+    out: Path = typer.Option(Path("demo_run"), help="New (or empty) folder for everything the demo writes."),
+    minutes: float = typer.Option(10.0, help="Time budget in minutes for the whole demo (training gets most of it)."),
+    frames: int = typer.Option(0, help="Frames of the synthetic subject [0: 48 on a CPU, 300 on a GPU]."),
+    size: int = typer.Option(0, help="Its image size in pixels [0: 64 on a CPU, 512 on a GPU]."),
+    steps: int = typer.Option(0, help="Cap on training steps [0: train until the time budget ends]."),
+) -> None:
+    """Synthesise a talking head, train an avatar, evaluate and render it, and write demo.mp4 (render | truth)."""
+    from nerfbs.demo import run_demo
+
+    _check_range("--minutes", minutes, 0.01)
+    _check_range("--frames", frames, 0)
+    _check_range("--size", size, 0)
+    _check_range("--steps", steps, 0)
+    result = run_demo(out, minutes=minutes, frames=frames, size=size, steps=steps)
+    typer.echo(f"demo video: {result.video}")
 
 
 if __name__ == "__main__":

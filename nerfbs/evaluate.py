@@ -2,7 +2,6 @@
 the dataset background), over the full frame and inside the face and mouth rectangles."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,6 +14,7 @@ from nerfbs.atomic import write_text
 from nerfbs.images import error_grid, write_png
 
 REGIONS = ("full", "face", "mouth")
+PSNR_CAP = 100.0  # identical images have infinite PSNR; reports (and JSON) cap it here
 
 
 @dataclass
@@ -55,7 +55,7 @@ def score_frame(pred: np.ndarray, truth: np.ndarray, face_rect, mouth_rect,
     row = {}
     for region, rect in (("full", None), ("face", _rect(face_rect)), ("mouth", _rect(mouth_rect))):
         row[region] = {
-            "psnr": metrics.psnr(pred, truth, rect=rect),
+            "psnr": min(metrics.psnr(pred, truth, rect=rect), PSNR_CAP),
             "ssim": metrics.ssim(pred, truth, rect=rect),
             "lpips": metrics.lpips_distance(lpips_model, pred, truth, rect=rect) if lpips_model is not None else None,
         }
@@ -96,6 +96,3 @@ def write_report(evaluation: Evaluation, out_dir: Path, worst: list | None = Non
         write_png(paths["worst"], np.concatenate([error_grid(p, t) for _, _, p, t in worst], axis=0))
     return paths
 
-
-def psnr_from_mse(mse: float) -> float:
-    return -10.0 * math.log10(max(mse, 1e-10))

@@ -21,12 +21,6 @@ class RenderOutput:
     num_samples: int  # samples marched (and evaluated) for these rays
 
 
-def march_params(config: RenderConfig) -> MarchParams:
-    return MarchParams(bound=config.bound, near_min=config.near_min, min_step=config.min_step,
-                       max_step=config.max_step, step_growth=config.step_growth,
-                       max_steps=config.max_steps_per_ray)
-
-
 def make_occupancy_grid(config: RenderConfig) -> OccupancyGrid:
     return OccupancyGrid(bound=config.bound, resolution=config.grid_resolution,
                          threshold_ceiling=config.density_threshold_ceiling)
@@ -38,12 +32,12 @@ def render_rays_train(field: BlendShapeField, grid: OccupancyGrid, config: Rende
                       generator: torch.Generator | None = None) -> RenderOutput:
     """Differentiable render of R rays: origins/directions [R, 3], ray_frame [R] int32 rows of coeffs [F, K],
     background [R, 3]. Gradients reach the field's parameters and ``coeffs``."""
-    samples = march_rays_train(origins, directions, grid, march_params(config), jitter=jitter, generator=generator)
+    samples = march_rays_train(origins, directions, grid, MarchParams.from_render_config(config), jitter=jitter, generator=generator)
     frame_index = ray_frame[samples.ray_index.long()].int()  # [M]
     sigma, rgb = field(samples.positions, samples.directions, frame_index, coeffs)
     color, opacity, depth = composite(sigma, rgb, samples.t, samples.dt, samples.ray_offsets, samples.ray_counts,
                                       background, early_stop=config.early_stop_transmittance)
-    return RenderOutput(color, opacity, depth, int(samples.t.shape[0]))
+    return RenderOutput(color, opacity, depth, samples.num_samples)
 
 
 @torch.no_grad()
@@ -51,7 +45,7 @@ def render_rays(field: BlendShapeField, grid: OccupancyGrid, config: RenderConfi
                 directions: torch.Tensor, ray_frame: torch.Tensor, coeffs: torch.Tensor, background: torch.Tensor,
                 *, chunk: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inference render (alive-ray loop) of R rays, in chunks of ``chunk`` rays: (rgb [R,3], opacity [R], depth [R])."""
-    params = march_params(config)
+    params = MarchParams.from_render_config(config)
 
     def field_fn(points, dirs, frame_index):
         with torch.autocast(points.device.type, dtype=torch.float16, enabled=points.device.type == "cuda"):
@@ -67,18 +61,6 @@ def render_rays(field: BlendShapeField, grid: OccupancyGrid, config: RenderConfi
         empty = origins.new_zeros(0)
         return origins.new_zeros(0, 3), empty, empty
     return tuple(torch.cat(parts) for parts in zip(*outs))  # type: ignore[return-value]
-
-
-def basis_max_coefficients(coeff_max: torch.Tensor) -> torch.Tensor:
-    """The original's occupancy probes: the neutral face plus each basis pushed to its training maximum.
-
-    coeff_max [K-1] -> [K, K] rows (1, 0, ..., 0) and (1, 0, .., max_k, .., 0)."""
-    k = coeff_max.shape[0] + 1
-    probes = torch.zeros(k, k, dtype=torch.float32, device=coeff_max.device)
-    probes[:, 0] = 1.0
-    idx = torch.arange(1, k, device=coeff_max.device)
-    probes[idx, idx] = coeff_max.float()
-    return probes
 
 
 @torch.no_grad()

@@ -24,8 +24,7 @@ from nerfbs.errors import UserError
 from nerfbs.images import error_grid, write_png
 from nerfbs.model import BlendShapeField
 from nerfbs.plot import write_curves
-from nerfbs.render import (basis_max_coefficients, make_occupancy_grid, render_rays, render_rays_train,
-                           update_occupancy)
+from nerfbs.render import make_occupancy_grid, render_rays, render_rays_train, update_occupancy
 from nerfbs.workspace import Workspace
 from taichi_kernels.occupancy import OccupancyGrid
 
@@ -43,7 +42,6 @@ class TrainRun:
     grid: OccupancyGrid
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    probes: torch.Tensor  # [S, K] coefficient vectors the occupancy grid is refreshed over
     generator: torch.Generator
     workspace: Workspace
     lpips: torch.nn.Module | None
@@ -53,7 +51,7 @@ class TrainRun:
 
     @property
     def device(self) -> torch.device:
-        return self.probes.device
+        return self.subject.coeffs.device
 
     @property
     def elapsed(self) -> float:
@@ -86,6 +84,14 @@ def learning_rate(cfg: TrainConfig, fraction: float) -> float:
     return cfg.lr * cfg.lr_final_fraction ** fraction
 
 
+def occupancy_probes(run: TrainRun) -> torch.Tensor:
+    """Coefficient rows [S, K] of randomly drawn training frames: the occupancy grid keeps the max density over
+    them. Measured tighter without holes than the original's "each basis at its maximum" (docs/PERF.md)."""
+    n = run.config.train.occupancy_probe_frames
+    rows = torch.randint(0, run.subject.num_train, (n,), device=run.device, generator=run.generator)
+    return run.subject.coeffs[rows]
+
+
 def _autocast(run: TrainRun):
     enabled = run.config.train.mixed_precision and run.device.type == "cuda"
     return torch.autocast(run.device.type, dtype=torch.float16, enabled=enabled)
@@ -96,8 +102,8 @@ def train_step(run: TrainRun) -> dict[str, float]:
     cfg = run.config.train
     subject, step = run.subject, run.step
     if step % cfg.occupancy_update_every == 0:
-        update_occupancy(run.field, run.grid, run.probes, step=step, warmup_steps=cfg.occupancy_warmup_steps,
-                         generator=run.generator)
+        update_occupancy(run.field, run.grid, occupancy_probes(run), step=step,
+                         warmup_steps=cfg.occupancy_warmup_steps, generator=run.generator)
     frames = torch.randint(0, subject.num_train, (cfg.images_per_step,), device=run.device, generator=run.generator)
     rays = run.sampler.sample(frames, cfg.rays_per_image, face_fraction=cfg.face_ray_fraction, generator=run.generator)
     coeffs = subject.coeffs[frames]  # [B, K]
@@ -132,7 +138,7 @@ def train_step(run: TrainRun) -> dict[str, float]:
 
     mse = F.mse_loss(out.rgb.detach().float(), rays.rgb)
     figures.update(loss=loss, psnr=-10.0 * torch.log10(mse.clamp_min(1e-10)))
-    result = {k: float(v) for k, v in figures.items()}
+    result = {k: float(v.detach()) for k, v in figures.items()}
     result.update(lr=lr, samples_per_ray=out.num_samples / max(rays.origins.shape[0], 1),
                   occupancy=float(run.grid.occupancy_fraction))
     return result
@@ -224,7 +230,7 @@ def build_run(config: Config, workspace: Workspace, device: torch.device, *, lpi
     return TrainRun(config=config, subject=subject, sampler=RaySampler(subject, device), field=field, grid=grid,
                     optimizer=make_optimizer(field, config.train, device),
                     scaler=torch.amp.GradScaler(device.type, enabled=config.train.mixed_precision and device.type == "cuda"),
-                    probes=basis_max_coefficients(subject.coeff_max.to(device)), generator=generator,
+                    generator=generator,
                     workspace=workspace, lpips=lpips)
 
 

@@ -1,0 +1,182 @@
+import math
+
+import pytest
+import torch
+
+from taichi_kernels import composite as comp
+from taichi_kernels import march
+from taichi_kernels.occupancy import OccupancyGrid
+from taichi_kernels.reference import rendering as ref
+
+BOUND = 0.06
+
+
+def _blobs(points, frame_index, coeffs):
+    """A few Gaussian blobs: an irregular occupied region."""
+    centres = torch.tensor([[0.0, 0.0, 0.0], [0.025, -0.02, 0.01], [-0.03, 0.02, -0.015]])
+    d2 = ((points[:, None, :] - centres[None]) ** 2).sum(-1)
+    return 50.0 * torch.exp(-d2 / (2 * 0.012 ** 2)).sum(1)
+
+
+def _sphere_grid(radius, resolution=32):
+    grid = OccupancyGrid(bound=BOUND, resolution=resolution)
+    grid.update(lambda p, f, c: 100.0 * (p.norm(dim=1) < radius).float(), torch.ones(1, 1), step=0,
+                generator=torch.Generator().manual_seed(0))
+    return grid
+
+
+def _camera_rays(n, seed=0, spread=0.05):
+    """Rays from ~0.2-0.4 away aimed near the box, plus rays that miss, axis-aligned rays, one inside the box."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=1)
+    origins = -dirs * (0.2 + 0.2 * torch.rand(n, 1, generator=g))
+    targets = spread * (torch.rand(n, 3, generator=g) - 0.5)
+    directions = torch.nn.functional.normalize(targets - origins, dim=1)
+    extra_o = torch.tensor([[0.0, 0.0, 0.3], [0.3, 0.0, 0.0], [0.0, 0.3, 0.0], [0.01, 0.01, 0.01], [0.0, 0.0, 0.3],
+                            [0.2, 0.2, 0.2]])
+    extra_d = torch.tensor([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.6, 0.0, 0.8], [0.0, 0.0, 1.0],
+                            [0.0, 1.0, 0.0]])
+    return torch.cat((origins, extra_o)), torch.cat((directions, extra_d))
+
+
+def test_ray_aabb_matches_twin_and_handles_misses():
+    origins, directions = _camera_rays(64)
+    near, far = march.ray_aabb(origins, directions, BOUND, 0.05)
+    rn, rf = ref.ray_aabb(origins, directions, BOUND, 0.05)
+    torch.testing.assert_close(near, rn)
+    torch.testing.assert_close(far, rf)
+    assert torch.isfinite(near).all() and torch.isfinite(far).all() and (far >= near).all()
+    assert near[-2] == far[-2] and near[-1] == far[-1]  # pointing away, passing beside the box
+    assert near[-6] == pytest.approx(0.24) and far[-6] == pytest.approx(0.36)  # axis-aligned, zero components
+    assert near[-3] == pytest.approx(0.05)  # starts inside the box: clamped to near_min
+    n0, f0 = march.ray_aabb(origins[:0], directions[:0], BOUND, 0.05)
+    assert n0.shape == (0,) and f0.shape == (0,)
+
+
+@pytest.mark.parametrize("jitter", [False, True])
+def test_training_samples_are_in_occupied_cells_and_ordered(jitter):
+    grid = OccupancyGrid(bound=BOUND, resolution=32)
+    grid.update(_blobs, torch.ones(1, 1), step=0, generator=torch.Generator().manual_seed(0))
+    assert 0.01 < grid.occupancy_fraction < 0.5
+    origins, directions = _camera_rays(200)
+    params = march.MarchParams(bound=BOUND)
+    s = march.march_rays_train(origins, directions, grid, params, jitter=jitter,
+                               generator=torch.Generator().manual_seed(1))
+    m, rays = s.num_samples, origins.shape[0]
+    assert m > 1000
+    assert s.ray_counts.dtype == s.ray_offsets.dtype == s.ray_index.dtype == torch.int32
+    assert int(s.ray_counts.sum()) == m
+    assert torch.equal(s.ray_offsets, (torch.cumsum(s.ray_counts, 0) - s.ray_counts).to(torch.int32))
+    assert torch.equal(s.ray_index.long(), torch.repeat_interleave(torch.arange(rays), s.ray_counts.long()))
+    assert (s.ray_counts[-2:] == 0).all()  # missing rays
+    ray = s.ray_index.long()
+    torch.testing.assert_close(s.positions, origins[ray] + s.t[:, None] * directions[ray])
+    assert torch.equal(s.directions, directions[ray])
+    assert (s.positions.abs() <= BOUND + 1e-6).all()
+    res = grid.resolution
+    cell = torch.floor((s.positions + BOUND) * res / (2 * BOUND)).long().clamp(0, res - 1)
+    assert grid.occupied()[cell[:, 0] + res * (cell[:, 1] + res * cell[:, 2])].all()
+    same_ray = ray[1:] == ray[:-1]
+    assert (s.t[1:][same_ray] > s.t[:-1][same_ray]).all()
+    near, far = march.ray_aabb(origins, directions, BOUND, params.near_min)
+    assert (s.t - 0.5 * s.dt >= near[ray] - 1e-6).all() and (s.t < far[ray]).all()
+    assert (s.dt >= params.min_step * (1 - 1e-6)).all() and (s.dt <= params.max_step * (1 + 1e-6)).all()
+    expected_dt = ((s.t - 0.5 * s.dt) * params.step_growth).clamp(params.min_step, params.max_step)
+    torch.testing.assert_close(s.dt, expected_dt, atol=1e-7, rtol=1e-5)
+
+
+def test_marching_matches_twin_and_respects_the_step_cap():
+    grid = OccupancyGrid(bound=BOUND, resolution=32)
+    grid.update(_blobs, torch.ones(1, 1), step=0, generator=torch.Generator().manual_seed(0))
+    origins, directions = _camera_rays(100, seed=3)
+    params = march.MarchParams(bound=BOUND)
+    s = march.march_rays_train(origins, directions, grid, params, jitter=False)
+    r = ref.march_rays_train(origins, directions, grid, params, jitter=False)
+    agree = s.ray_counts == r.ray_counts
+    assert agree.float().mean() >= 0.95  # a rounding difference may flip one boundary decision
+    if agree.all():
+        torch.testing.assert_close(s.t, r.t, atol=1e-6, rtol=0)
+    capped = march.march_rays_train(origins, directions, grid, march.MarchParams(bound=BOUND, max_steps_per_ray=7),
+                                    jitter=False)
+    assert int(capped.ray_counts.max()) == 7
+    torch.testing.assert_close(capped.ray_counts, s.ray_counts.clamp_max(7))
+
+
+def test_empty_grid_and_empty_batches_give_no_samples():
+    grid = OccupancyGrid(bound=BOUND, resolution=16)
+    grid.update(lambda p, f, c: torch.zeros(p.shape[0]), torch.ones(1, 1), step=0)
+    origins, directions = _camera_rays(20)
+    params = march.MarchParams(bound=BOUND)
+    s = march.march_rays_train(origins, directions, grid, params, jitter=True)
+    assert s.num_samples == 0 and (s.ray_counts == 0).all() and s.ray_offsets.shape == (origins.shape[0],)
+    s0 = march.march_rays_train(origins[:0], directions[:0], grid, params, jitter=False)
+    assert s0.num_samples == 0 and s0.ray_counts.shape == (0,) and s0.positions.shape == (0, 3)
+    rgb, opacity, depth = march.render_rays_inference(origins[:0], directions[:0], torch.zeros(0, dtype=torch.int32),
+                                                      _sphere_field(10.0, 0.04), grid, params, torch.zeros(0, 3))
+    assert rgb.shape == (0, 3) and opacity.shape == (0,) and depth.shape == (0,)
+
+
+def _sphere_field(sigma, radius):
+    def field(positions, directions, frame_index):
+        inside = (positions.norm(dim=1) < radius).float()
+        colour = torch.sigmoid(positions * 40.0 + frame_index[:, None].float())
+        return sigma * inside, colour
+    return field
+
+
+def _image_rays(n, distance=0.3, half_width=0.05):
+    """An n x n pinhole image of the box from +z."""
+    u = torch.linspace(-half_width, half_width, n)
+    y, x = torch.meshgrid(u, u, indexing="ij")
+    origins = torch.tensor([0.0, 0.0, distance]).expand(n * n, 3).contiguous()
+    targets = torch.stack((x.reshape(-1), y.reshape(-1), torch.zeros(n * n)), dim=1)
+    return origins, torch.nn.functional.normalize(targets - origins, dim=1)
+
+
+def test_constant_density_sphere_matches_closed_form_opacity():
+    radius, sigma = 0.04, 10.0
+    # Grid from a sphere dilated by a cell diagonal, so every cell the sphere touches is occupied.
+    grid = _sphere_grid(radius + math.sqrt(3) * 2 * BOUND / 32)
+    origins, directions = _image_rays(8)
+    params = march.MarchParams(bound=BOUND, min_step=2e-5, max_step=2e-5, max_steps_per_ray=8192)
+    s = march.march_rays_train(origins, directions, grid, params, jitter=True,
+                               generator=torch.Generator().manual_seed(0))
+    field = _sphere_field(sigma, radius)
+    sig, rgb = field(s.positions, s.directions, torch.zeros(s.num_samples, dtype=torch.int32))
+    _, opacity, _ = comp.composite(sig, rgb, s.t, s.dt, s.ray_offsets, s.ray_counts, torch.zeros(origins.shape[0], 3))
+    closest = origins - (origins * directions).sum(1, keepdim=True) * directions
+    chord = 2 * (radius ** 2 - (closest ** 2).sum(1)).clamp_min(0).sqrt()
+    expected = 1 - torch.exp(-sigma * chord)
+    assert (chord > 0).sum() > 20 and (chord == 0).sum() > 5
+    torch.testing.assert_close(opacity, expected, atol=1e-3, rtol=0)
+
+
+def test_inference_loop_equals_training_path_without_jitter():
+    radius = 0.04
+    grid = _sphere_grid(radius + 0.004)
+    origins, directions = _image_rays(16)
+    frames = torch.arange(origins.shape[0], dtype=torch.int32) % 3
+    background = torch.rand(origins.shape[0], 3, generator=torch.Generator().manual_seed(0))
+    params = march.MarchParams(bound=BOUND)
+    field = _sphere_field(400.0, radius)  # dense: most rays that hit it stop early
+    s = march.march_rays_train(origins, directions, grid, params, jitter=False)
+    sig, rgb = field(s.positions, s.directions, frames[s.ray_index.long()])
+    train = comp.composite(sig, rgb, s.t, s.dt, s.ray_offsets, s.ray_counts, background, early_stop=params.early_stop)
+    stats = {}
+    infer = march.render_rays_inference(origins, directions, frames, field, grid, params, background,
+                                        samples_per_round=4, stats=stats)
+    twin = ref.render_rays_inference(origins, directions, frames, field, grid, params, background)
+    assert stats["rounds"] > 2 and stats["host_syncs"] == stats["rounds"] + 1
+    assert (train[1] > 0.999).sum() > 20
+    for name, a, b, c in zip(("rgb", "opacity", "depth"), infer, train, twin):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_mismatched_grid_is_refused():
+    grid = OccupancyGrid(bound=0.1, resolution=8)
+    origins, directions = _camera_rays(4)
+    with pytest.raises(ValueError, match="bound"):
+        march.march_rays_train(origins, directions, grid, march.MarchParams(bound=BOUND), jitter=False)
+    with pytest.raises(ValueError, match="directions"):
+        march.ray_aabb(origins, directions[:, :2], BOUND, 0.05)
