@@ -1,0 +1,121 @@
+"""The synthetic talking head: determinism, layout, masks, landmarks and what each coefficient does."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from nerfbs.data import load_subject
+from nerfbs.errors import UserError
+from nerfbs.synth import (ARKIT_BY_PRIORITY, coefficient_names, coefficient_tracks, head_motion, make_scene,
+                          render_frames, synthesize, write_preview)
+
+FRAMES, SIZE = 12, 48
+
+
+@pytest.fixture(scope="module")
+def subject_dir(tmp_path_factory):
+    return synthesize(tmp_path_factory.mktemp("synth") / "s", frames=FRAMES, size=SIZE, coeffs=52, seed=5,
+                      device="cpu")
+
+
+def test_layout_is_complete(subject_dir):
+    meta = json.loads((subject_dir / "transforms.json").read_text())
+    assert (meta["h"], meta["w"]) == (SIZE, SIZE) and len(meta["frames"]) == FRAMES
+    assert meta["exp_names"] == ARKIT_BY_PRIORITY
+    for f in meta["frames"]:
+        i = f["img_id"]
+        assert len(f["exp_ori"]) == 52 and np.array(f["transform_matrix"]).shape == (4, 4)
+        assert min(f["exp_ori"]) >= 0 and max(f["exp_ori"]) <= 1
+        for path in (f"head_imgs/{i}.jpg", f"ori_imgs/{i}.jpg", f"parsing/{i}.png"):
+            assert cv2.imread(str(subject_dir / path)).shape == (SIZE, SIZE, 3)
+        assert np.loadtxt(subject_dir / f"ori_imgs/{i}.lms").shape == (478, 2)
+    assert cv2.imread(str(subject_dir / "bc.jpg")).shape == (SIZE, SIZE, 3)
+
+
+def test_deterministic_for_a_seed(subject_dir, tmp_path):
+    again = synthesize(tmp_path / "again", frames=FRAMES, size=SIZE, coeffs=52, seed=5, device="cpu")
+    assert (again / "transforms.json").read_text() == (subject_dir / "transforms.json").read_text()
+    for name in ("parsing/7.png", "head_imgs/7.jpg", "ori_imgs/7.lms"):
+        assert (again / name).read_bytes() == (subject_dir / name).read_bytes()
+    other = coefficient_tracks(coefficient_names(52), FRAMES, seed=6)
+    assert not np.array_equal(other, coefficient_tracks(coefficient_names(52), FRAMES, seed=5))
+
+
+def test_refuses_a_non_empty_folder(subject_dir):
+    with pytest.raises(UserError, match="not empty"):
+        synthesize(subject_dir, frames=2, size=32)
+
+
+def test_loader_pose_renders_the_parsing_mask(subject_dir):
+    """Re-render frames with the poses the loader recovers: the head mask equals the stored parsing."""
+    subject = load_subject(subject_dir, test_last=2, device="cpu")
+    scene = make_scene(FRAMES, SIZE, 52, seed=5, device="cpu")
+    idx = [0, 5, FRAMES - 1]
+    coeffs = np.array([json.loads((subject_dir / "transforms.json").read_text())["frames"][i]["exp_ori"] for i in idx],
+                      dtype=np.float32)
+    frames = render_frames(scene, idx, poses=subject.poses[idx].double().numpy(), coefficients=coeffs)
+    for j, i in enumerate(idx):
+        parsing = cv2.imread(str(subject_dir / "parsing" / f"{i}.png"))
+        blue = (parsing == [255, 0, 0]).all(-1)
+        np.testing.assert_array_equal(frames.mask[j], blue)
+        np.testing.assert_array_equal(subject.frame(i)[1].numpy(), blue)
+        np.testing.assert_allclose(frames.landmarks[j], np.loadtxt(subject_dir / f"ori_imgs/{i}.lms"), atol=0.05)
+
+
+def test_head_image_is_background_outside_the_mask(subject_dir):
+    bc = cv2.imread(str(subject_dir / "bc.jpg")).astype(int)
+    head = cv2.imread(str(subject_dir / "head_imgs/3.jpg")).astype(int)
+    ori = cv2.imread(str(subject_dir / "ori_imgs/3.jpg")).astype(int)
+    blue = (cv2.imread(str(subject_dir / "parsing/3.png")) == [255, 0, 0]).all(-1)
+    far = cv2.dilate(blue.astype(np.uint8), np.ones((5, 5), np.uint8)) == 0
+    assert np.abs(head - bc)[far].mean() < 3  # JPEG noise only
+    assert np.abs(ori - bc)[far].mean() > 3  # the torso is in ori only
+    parsing = cv2.imread(str(subject_dir / "parsing/3.png"))
+    assert ((parsing == [0, 0, 255]).all(-1)).any()  # torso in red
+
+
+def test_landmarks_sit_on_the_right_parts(subject_dir):
+    for i in range(0, FRAMES, 3):
+        lms = np.loadtxt(subject_dir / f"ori_imgs/{i}.lms")
+        assert lms[57, 0] < lms[0, 0] < lms[287, 0]  # mouth corners either side of the lip centre
+        assert lms[0, 1] < lms[17, 1]  # upper lip above the lower
+        assert lms[130, 0] < lms[359, 0]  # right eye on image left
+        assert lms[27, 1] < lms[23, 1] and lms[257, 1] < lms[253, 1]  # above / below the eyes
+        assert max(lms[23, 1], lms[253, 1]) < lms[0, 1]  # eyes above the mouth
+        assert lms[468, 0] < lms[473, 0]  # irises
+
+
+def test_every_coefficient_changes_the_face_locally():
+    """Each of the 52 coefficients at 1 (others 0) visibly changes part of the head, not all of it."""
+    size = 96
+    scene = make_scene(1, size, 52, seed=0, device="cpu")
+    pose = np.repeat(scene.poses[:1], 53, 0)
+    coeffs = np.vstack([np.zeros((1, 52)), np.eye(52)]).astype(np.float32)
+    frames = render_frames(scene, [0] * 53, poses=pose, coefficients=coeffs)
+    base = frames.ori[0].astype(float)
+    head = frames.mask[0].sum()
+    for k, name in enumerate(scene.names):
+        diff = np.abs(frames.ori[k + 1].astype(float) - base).max(-1)
+        changed = (diff > 12).sum()
+        assert changed >= 3, f"{name} changes {changed} pixels"
+        assert changed < 0.5 * head, f"{name} changes {changed} of {head} head pixels"
+
+
+def test_motion_and_names():
+    rot, trans = head_motion(300, seed=0)
+    yaw = np.degrees(np.arctan2(rot[:, 0, 2], rot[:, 2, 2]))
+    assert 15 < np.abs(yaw).max() < 25 and np.abs(trans).max() < 0.01
+    assert coefficient_names(3) == ["jawOpen", "eyeBlinkLeft", "eyeBlinkRight"]
+    assert coefficient_names(54)[-2:] == ["extra0", "extra1"]
+    tracks = coefficient_tracks(coefficient_names(54), 300, seed=0)
+    assert tracks.shape == (300, 54) and tracks.min() >= 0 and tracks.max() <= 1
+    assert (tracks.max(0) > 0.2).mean() > 0.8  # almost every coefficient moves
+    assert ((tracks > 0.2).sum(1) >= 3).mean() > 0.5  # several at once
+    assert np.abs(np.diff(tracks[:, 0])).max() < 0.5  # smooth jaw
+
+
+def test_preview(subject_dir, tmp_path):
+    out = write_preview(subject_dir, tmp_path / "p.png", frames=3, tile=64)
+    sheet = cv2.imread(str(out))
+    assert sheet.shape == (3 * 64, 3 * 64, 3)
