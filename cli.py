@@ -92,7 +92,7 @@ def train(
     _check_range("--lr", lr, 1e-8, 1.0)
     _check_range("--validate-every", validate_every, 1)
     _check_range("--checkpoint-every", checkpoint_every, 1)
-    path = resolve_subject_path(subject)
+    path = resolve_subject_path(subject).resolve()
     defaults = TrainConfig()
     config = Config(
         data=DataConfig(subject=str(path), test_last=test_last, stream_from_disk=stream, neutral_only=neutral_only),
@@ -252,8 +252,8 @@ def eval_command(
 def demo(
     out: Path = typer.Option(Path("demo_run"), help="New (or empty) folder for everything the demo writes."),
     minutes: float = typer.Option(10.0, help="Time budget in minutes for the whole demo (training gets most of it)."),
-    frames: int = typer.Option(0, help="Frames of the synthetic subject [0: 48 on a CPU, 300 on a GPU]."),
-    size: int = typer.Option(0, help="Its image size in pixels [0: 64 on a CPU, 512 on a GPU]."),
+    frames: int = typer.Option(0, help="Frames of the synthetic subject [0: 60 on a CPU, 300 on a GPU]."),
+    size: int = typer.Option(0, help="Its image size in pixels [0: 128 on a CPU, 512 on a GPU]."),
     steps: int = typer.Option(0, help="Cap on training steps [0: train until the time budget ends]."),
 ) -> None:
     """Synthesise a talking head, train an avatar, evaluate and render it, and write demo.mp4 (render | truth)."""
