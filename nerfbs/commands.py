@@ -45,14 +45,17 @@ def _lpips_loader(device):
 
 def train_and_report(config: Config, workspace_dir: Path, *, resume: bool) -> dict:
     """``nerfbs train``: load, train with a live progress bar, evaluate the held-out frames, print a table."""
-    from nerfbs import evaluate, train
+    from nerfbs import checkpoint as ckpt
+    from nerfbs import train
     from taichi_kernels import runtime
 
     device = runtime.torch_device()
     ws = Workspace(Path(workspace_dir))
+    train.check_workspace(ws, resume=resume)
+    payload = ckpt.load_checkpoint(ws.latest, map_location=device) if resume else None
     console.print(f"nerfbs train: {config.data.subject} on {device.type} -> {ws.root}")
     with progress_bar("loading frames") as update:
-        run = train.prepare_run(config, ws, device, resume=resume, lpips_loader=_lpips_loader(device),
+        run = train.prepare_run(config, ws, device, resume_from=payload, lpips_loader=_lpips_loader(device),
                                 progress=lambda done, total: update(done, total))
     cfg = run.config.train
     subject = run.subject

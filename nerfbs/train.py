@@ -274,26 +274,31 @@ def train(run: TrainRun, *, on_step: StepCallback | None = None, log_every: int 
     return last
 
 
-def prepare_run(config: Config, workspace: Workspace, device: torch.device, *, resume: bool,
-                lpips_loader: Callable[[bool], torch.nn.Module | None],
-                progress: Callable[[int, int], None] | None = None) -> TrainRun:
-    """A new run, or (``resume``) the run saved in ``workspace`` continued with ``config``'s step/time budget.
-
-    ``lpips_loader(needed)`` returns the perceptual network, raising when ``needed`` and it is unavailable."""
-    if resume:
-        if not workspace.latest.exists():
-            raise UserError(f"{workspace.latest}: nothing to resume — train without --resume first")
-        payload = ckpt.load_checkpoint(workspace.latest, map_location=device)
-        saved: Config = payload["config"]
-        config = saved.replace(train=dataclasses.replace(saved.train, steps=config.train.steps,
-                                                         minutes=config.train.minutes))
-    elif workspace.latest.exists():
+def check_workspace(workspace: Workspace, *, resume: bool) -> None:
+    """Refuse to resume nothing, or to overwrite a run without --resume."""
+    if resume and not workspace.latest.exists():
+        raise UserError(f"{workspace.latest}: nothing to resume — train without --resume first")
+    if not resume and workspace.latest.exists():
         raise UserError(f"{workspace.root} already holds a run ({workspace.latest.name}) — pass --resume to continue "
                         "it, or choose another --workspace")
+
+
+def prepare_run(config: Config, workspace: Workspace, device: torch.device, *, resume_from: dict | None,
+                lpips_loader: Callable[[bool], torch.nn.Module | None],
+                progress: Callable[[int, int], None] | None = None) -> TrainRun:
+    """A new run (``resume_from`` None), or the run whose loaded checkpoint ``resume_from`` is (the workspace's
+    latest) continued with ``config``'s step/time budget.
+
+    ``lpips_loader(needed)`` returns the perceptual network, raising when ``needed`` and it is unavailable."""
+    check_workspace(workspace, resume=resume_from is not None)
+    if resume_from is not None:
+        saved: Config = resume_from["config"]
+        config = saved.replace(train=dataclasses.replace(saved.train, steps=config.train.steps,
+                                                         minutes=config.train.minutes))
     needs_lpips = config.train.use_lpips and config.train.steps > config.train.lpips_from_step
     run = build_run(config, workspace, device, lpips=lpips_loader(needs_lpips) if config.train.use_lpips else None,
                     progress=progress)
-    if resume:
-        restore(run, payload, workspace.latest)
+    if resume_from is not None:
+        restore(run, resume_from, workspace.latest)
         workspace.truncate_metrics(run.step)
     return run

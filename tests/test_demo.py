@@ -8,7 +8,7 @@ import torch
 
 from nerfbs.config import Config
 from nerfbs.demo import demo_config, demo_subject
-from test_render_cli import invoke, one_line_error
+from tiny import invoke, one_line_error
 
 
 def test_demo_runs_end_to_end_with_tiny_settings(tmp_path):

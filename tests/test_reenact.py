@@ -22,14 +22,9 @@ from nerfbs import reenact, views
 from nerfbs.camera import pixel_rays, project
 from nerfbs.data import MOUTH_POINTS
 from nerfbs.errors import UserError
-from test_render_cli import build_tiny_run, invoke, read_rgb
+from tiny import invoke, read_rgb
 
 NAMES = ["jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "browInnerUp"]
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    return build_tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
 
 
 # ---------------------------------------------------------------------------------------------- frame choice

@@ -1,0 +1,168 @@
+"""GPU quality and throughput benchmark for training (issue "Training end to end").
+
+Synthesises a subject (or takes one), trains it with a wall-clock budget, scores every held-out frame
+at the given minutes of training (evaluation time is not counted as training time), then measures a
+step-time breakdown, and the batched render speed of the held-out frames. Prints a short table and
+writes everything as JSON to --out.
+
+    NERFBS_ARCH=cuda python3 bench/quality.py --out $OUT/quality.json --minutes 5 --marks 1,2,5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nerfbs import evaluate, train  # noqa: E402
+from nerfbs.config import Config, DataConfig, TrainConfig  # noqa: E402
+from nerfbs.workspace import Workspace  # noqa: E402
+from taichi_kernels import runtime  # noqa: E402
+from taichi_kernels.composite import composite  # noqa: E402
+from taichi_kernels.march import MarchParams, march_rays_train  # noqa: E402
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def score_held_out(run: train.TrainRun) -> dict:
+    frames = [int(i) for i in run.subject.test_indices]
+    result, _ = evaluate.evaluate_frames(
+        lambda f: train.render_frame(run.field, run.grid, run.config, run.sampler, run.subject.coeffs, f),
+        frames, run.subject.face_rects, run.subject.mouth_rects, None)
+    return result.mean()
+
+
+def step_breakdown(run: train.TrainRun, steps: int = 30) -> dict:
+    """Median milliseconds of each part of a training step, each part synchronised (so slower in sum
+    than an unsynchronised step)."""
+    cfg = run.config.train
+    parts: dict[str, list[float]] = {k: [] for k in ("sample_rays", "march", "field_forward", "composite_forward",
+                                                     "loss_backward", "optimizer", "occupancy_update")}
+    params = MarchParams.from_render_config(run.config.render)
+    for i in range(steps):
+        marks = [time.perf_counter()]
+
+        def mark(name):
+            sync()
+            now = time.perf_counter()
+            parts[name].append((now - marks[-1]) * 1000)
+            marks.append(now)
+
+        frames = torch.randint(0, run.subject.num_train, (cfg.images_per_step,), device=run.device)
+        rays = run.sampler.sample(frames, cfg.rays_per_image, face_fraction=cfg.face_ray_fraction)
+        coeffs = run.subject.coeffs[frames]
+        mark("sample_rays")
+        samples = march_rays_train(rays.origins, rays.directions, run.grid, params, jitter=True)
+        mark("march")
+        with torch.autocast("cuda", dtype=torch.float16, enabled=run.device.type == "cuda"):
+            sigma, rgb = run.field(samples.positions, samples.directions,
+                                   rays.frame_slot[samples.ray_index.long()].int(), coeffs)
+        mark("field_forward")
+        color, opacity, _ = composite(sigma, rgb, samples.t, samples.dt, samples.ray_offsets, samples.ray_counts,
+                                      rays.background)
+        mark("composite_forward")
+        loss = (color - rays.rgb).abs().mean() + run.field.encoder.tables[1:].abs().mean()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        mark("loss_backward")
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        mark("optimizer")
+        if i % cfg.occupancy_update_every == 0:
+            train.update_occupancy(run.field, run.grid, train.occupancy_probes(run), step=10 ** 6,
+                                   warmup_steps=0)
+            mark("occupancy_update")
+    med = {k: sorted(v)[len(v) // 2] if v else 0.0 for k, v in parts.items()}
+    med["occupancy_update_per_step"] = med.pop("occupancy_update") / cfg.occupancy_update_every
+    return med
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--subject", default="")
+    ap.add_argument("--frames", type=int, default=600)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--test-last", type=int, default=100)
+    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--marks", default="1,2,5")
+    ap.add_argument("--neutral-only", action="store_true")
+    ap.add_argument("--workspace", default="/tmp/nerfbs-quality")
+    ap.add_argument("--render-batch", type=int, default=8)
+    args = ap.parse_args()
+    device = runtime.torch_device()
+    report: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "args": vars(args)}
+
+    subject = args.subject
+    if not subject:
+        from nerfbs.synth import synthesize
+
+        subject = "/tmp/nerfbs-synth"
+        t0 = time.perf_counter()
+        synthesize(subject, frames=args.frames, size=args.size, coeffs=46, seed=0, device=device)
+        report["synth_seconds"] = time.perf_counter() - t0
+        print(f"synthesised {args.frames} frames at {args.size}px in {report['synth_seconds']:.1f} s", flush=True)
+
+    config = Config(data=DataConfig(subject=subject, test_last=args.test_last, neutral_only=args.neutral_only),
+                    train=TrainConfig(steps=10 ** 9, minutes=args.minutes, validate_every=10 ** 9,
+                                      checkpoint_every=10 ** 9, use_lpips=False))
+    ws = Workspace(Path(args.workspace))
+    t0 = time.perf_counter()
+    run = train.prepare_run(config, ws, device, resume_from=None, lpips_loader=lambda needed: None)
+    report["load_seconds"] = time.perf_counter() - t0
+    marks = [float(m) for m in args.marks.split(",") if m]
+    curve = []
+
+    def on_step(step: int, figures: dict) -> None:
+        if step == 1:  # the first step compiles every training kernel once: not training time
+            run.elapsed_before -= figures["ms_per_step"] / 1000.0
+            report["first_step_seconds"] = figures["ms_per_step"] / 1000.0
+        if marks and run.elapsed >= marks[0] * 60.0:
+            t = time.perf_counter()
+            scores = score_held_out(run)
+            spent = time.perf_counter() - t
+            run.elapsed_before -= spent  # evaluation is not training time
+            curve.append({"minutes": marks.pop(0), "step": step, "ms_per_step": figures["ms_per_step"],
+                          "samples_per_ray": figures["samples_per_ray"], "occupancy": figures["occupancy"],
+                          **{f"{r}_psnr": scores[r]["psnr"] for r in scores}, "eval_seconds": spent})
+            print(json.dumps(curve[-1]), flush=True)
+
+    t0 = time.perf_counter()
+    train.train(run, on_step=on_step, log_every=200)
+    report["train_wall_seconds"] = time.perf_counter() - t0
+    report["steps"] = run.step
+    report["curve"] = curve
+    final = score_held_out(run)
+    report["final"] = final
+    rows = ws.read_metrics()
+    step_ms = sorted(r["ms_per_step"] for r in rows[1:]) or [float("nan")]
+    report["median_ms_per_step"] = step_ms[len(step_ms) // 2]
+    report["steps_per_second"] = run.step / max(run.elapsed, 1e-9)
+    report["rays_per_second"] = (config.train.rays_per_image * config.train.images_per_step
+                                 * report["steps_per_second"])
+    report["breakdown_ms"] = step_breakdown(run)
+    print(json.dumps({k: report[k] for k in ("steps", "final", "median_ms_per_step", "steps_per_second", "rays_per_second",
+                                             "breakdown_ms")}, indent=1), flush=True)
+
+    from nerfbs.avatar import load_avatar
+    from nerfbs.rendering_job import plan_render, run_job
+
+    avatar = load_avatar(ws.latest, device)
+    job = plan_render(avatar, frames="test", nvs=False)
+    stats = run_job(avatar, job, Path(args.workspace) / "render", batch=args.render_batch)
+    report["render"] = {"frames": stats.images, "seconds": stats.seconds, "fps": stats.fps,
+                        "batch": args.render_batch}
+    print(f"render: {stats.images} frames at {stats.fps:.1f} fps (batch {args.render_batch})", flush=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

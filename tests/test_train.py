@@ -1,0 +1,79 @@
+"""Training end to end on a tiny synthetic subject (CPU): learning happens, resume is exact, and bad input
+ends in one line."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import torch
+
+from nerfbs import train
+from nerfbs.checkpoint import load_checkpoint
+from nerfbs.config import Config, DataConfig, TrainConfig
+from nerfbs.data import load_subject
+from nerfbs.workspace import Workspace
+from tiny import TINY_MODEL, TINY_RENDER, invoke, one_line_error
+
+
+def test_loss_falls_and_held_out_psnr_beats_the_background(tiny_run):
+    rows = [json.loads(line) for line in (tiny_run.workspace / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < 0.7 * losses[0]
+    final = json.loads((tiny_run.workspace / "eval" / "metrics.json").read_text())["mean"]["full"]["psnr"]
+    subject = load_subject(tiny_run.subject, test_last=2)
+    background = subject.background.float().numpy() / 255
+    baseline = []
+    for i in subject.test_indices.tolist():
+        truth = subject.frame(i)[0].float().numpy() / 255
+        baseline.append(-10 * math.log10(np.mean((background - truth) ** 2)))
+    assert final > np.mean(baseline) + 3.0, (final, baseline)
+    for key in ("step", "loss", "psnr", "ms_per_step", "samples_per_ray", "occupancy"):
+        assert key in rows[-1]
+    assert (tiny_run.workspace / "curves.png").stat().st_size > 0
+
+
+def _config(subject, steps: int) -> Config:
+    return Config(data=DataConfig(subject=str(subject), test_last=2), model=TINY_MODEL, render=TINY_RENDER,
+                  train=TrainConfig(steps=steps, use_lpips=False, rays_per_image=128, validate_every=10 ** 6,
+                                    checkpoint_every=10 ** 6, occupancy_update_every=4))
+
+
+def test_resume_continues_from_the_saved_step_with_identical_optimizer_state(tiny_run, tmp_path):
+    ws = Workspace(tmp_path / "run")
+    no_lpips = lambda needed: None  # noqa: E731
+    first = train.prepare_run(_config(tiny_run.subject, 6), ws, torch.device("cpu"), resume_from=None,
+                              lpips_loader=no_lpips)
+    train.train(first)
+    saved = first.optimizer.state_dict()
+    resumed = train.prepare_run(_config(tiny_run.subject, 9), ws, torch.device("cpu"), resume_from=load_checkpoint(ws.latest),
+                                lpips_loader=no_lpips)
+    assert resumed.step == 6 and resumed.config.train.steps == 9
+    state = resumed.optimizer.state_dict()["state"]
+    assert state.keys() == saved["state"].keys()
+    for key, value in saved["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(state[key][name], tensor), (key, name)
+    for a, b in zip(first.field.parameters(), resumed.field.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(first.grid.density, resumed.grid.density)
+    assert torch.equal(first.generator.get_state(), resumed.generator.get_state())
+    train.train(resumed)
+    assert resumed.step == 9
+    steps = [json.loads(line)["step"] for line in ws.metrics.read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 9
+
+
+def test_bad_training_input_is_one_line(tiny_run, tmp_path):
+    assert "no such subject folder" in one_line_error(invoke("train", tmp_path / "nowhere", "--steps", 5))
+    assert "--steps must be at least 1" in one_line_error(invoke("train", tiny_run.subject, "--steps", 0))
+    assert "--rays-per-image" in one_line_error(invoke("train", tiny_run.subject, "--rays-per-image", 2))
+    assert "nothing to resume" in one_line_error(invoke("train", tiny_run.subject, "--resume",
+                                                        "--workspace", tmp_path / "empty"))
+    ws = tmp_path / "corrupt"
+    (ws / "checkpoints").mkdir(parents=True)
+    (ws / "checkpoints" / "latest.pth").write_bytes(b"not a checkpoint at all")
+    message = one_line_error(invoke("train", tiny_run.subject, "--resume", "--workspace", ws))
+    assert "latest.pth: not a readable checkpoint" in message
+    message = one_line_error(invoke("train", tiny_run.subject, "--workspace", tiny_run.workspace, "--test-last", 2))
+    assert "already holds a run" in message
