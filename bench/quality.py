@@ -40,6 +40,17 @@ def score_held_out(run: train.TrainRun) -> dict:
     return result.mean()
 
 
+def write_sheet(run: train.TrainRun, path: Path, count: int = 4) -> None:
+    from nerfbs.images import error_grid, write_png
+    import numpy as np
+
+    test = [int(i) for i in run.subject.test_indices]
+    picks = [test[i * (len(test) - 1) // max(count - 1, 1)] for i in range(count)]
+    rows = [error_grid(*train.render_frame(run.field, run.grid, run.config, run.sampler, run.subject.coeffs, f))
+            for f in picks]
+    write_png(path, np.concatenate(rows, axis=0))
+
+
 def step_breakdown(run: train.TrainRun, steps: int = 30) -> dict:
     """Median milliseconds of each part of a training step, each part synchronised (so slower in sum
     than an unsynchronised step)."""
@@ -97,6 +108,7 @@ def main() -> None:
     ap.add_argument("--neutral-only", action="store_true")
     ap.add_argument("--workspace", default="/tmp/nerfbs-quality")
     ap.add_argument("--render-batch", type=int, default=8)
+    ap.add_argument("--sheet", default="", help="write a contact sheet (prediction | truth | error) of 4 held-out frames")
     args = ap.parse_args()
     device = runtime.torch_device()
     report: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "args": vars(args)}
@@ -132,16 +144,18 @@ def main() -> None:
             run.elapsed_before -= spent  # evaluation is not training time
             curve.append({"minutes": marks.pop(0), "step": step, "ms_per_step": figures["ms_per_step"],
                           "samples_per_ray": figures["samples_per_ray"], "occupancy": figures["occupancy"],
-                          **{f"{r}_psnr": scores[r]["psnr"] for r in scores}, "eval_seconds": spent})
-            print(json.dumps(curve[-1]), flush=True)
+                          **{f"{r}_psnr": scores[r]["psnr"] for r in scores}, "eval_seconds": spent,
+                          "scores": scores})
+            print(json.dumps({k: v for k, v in curve[-1].items() if k != "scores"}), flush=True)
 
     t0 = time.perf_counter()
     train.train(run, on_step=on_step, log_every=200)
     report["train_wall_seconds"] = time.perf_counter() - t0
     report["steps"] = run.step
     report["curve"] = curve
-    final = score_held_out(run)
-    report["final"] = final
+    last_mark = curve[-1] if curve else None
+    report["final"] = (last_mark["scores"] if last_mark and last_mark["minutes"] >= args.minutes
+                       else score_held_out(run))
     rows = ws.read_metrics()
     step_ms = sorted(r["ms_per_step"] for r in rows[1:]) or [float("nan")]
     report["median_ms_per_step"] = step_ms[len(step_ms) // 2]
@@ -151,6 +165,9 @@ def main() -> None:
     report["breakdown_ms"] = step_breakdown(run)
     print(json.dumps({k: report[k] for k in ("steps", "final", "median_ms_per_step", "steps_per_second", "rays_per_second",
                                              "breakdown_ms")}, indent=1), flush=True)
+
+    if args.sheet:
+        write_sheet(run, Path(args.sheet))
 
     from nerfbs.avatar import load_avatar
     from nerfbs.rendering_job import plan_render, run_job

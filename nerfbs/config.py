@@ -81,7 +81,7 @@ class TrainConfig:
     mixed_precision: bool = True
     occupancy_update_every: int = 16
     occupancy_warmup_steps: int = 256
-    occupancy_probe_frames: int = 32
+    occupancy_probe_frames: int = 8
     validate_every: int = 1000
     checkpoint_every: int = 5000
     seed: int = 0
