@@ -71,6 +71,8 @@ def train(
     lpips_from: int = typer.Option(20000, help="Step from which the perceptual loss applies."),
     mask_loss: bool = typer.Option(True, help="Opacity-vs-head-mask loss in the first 4,000 steps."),
     face_sampling: bool = typer.Option(True, help="Sample 90% of rays inside the face rectangle."),
+    mouth_rays: Optional[float] = typer.Option(None, help="Share of rays drawn inside the mouth rectangle (out of "
+                                                          "the face share) [default: the recipe's]."),
     table_l1: bool = typer.Option(True, help="L1 penalty on the non-neutral tables."),
     mixed_precision: bool = typer.Option(True, help="fp16 MLPs on CUDA."),
     neutral_only: bool = typer.Option(False, help="Ablation: fix every frame's coefficients at neutral."),
@@ -84,6 +86,7 @@ def train(
     from nerfbs.data import resolve_subject_path
     from nerfbs import commands
 
+    defaults = TrainConfig()
     _check_range("--test-last", test_last, 1)
     _check_range("--steps", steps, 1)
     _check_range("--minutes", minutes, 0)
@@ -91,15 +94,18 @@ def train(
     _check_range("--images-per-step", images_per_step, 1, 64)
     _check_range("--lr", lr, 1e-8, 1.0)
     _check_range("--validate-every", validate_every, 1)
+    if mouth_rays is not None:
+        _check_range("--mouth-rays", mouth_rays, 0.0, defaults.face_ray_fraction if face_sampling else 0.0)
     _check_range("--checkpoint-every", checkpoint_every, 1)
     path = resolve_subject_path(subject).resolve()
-    defaults = TrainConfig()
     config = Config(
         data=DataConfig(subject=str(path), test_last=test_last, stream_from_disk=stream, neutral_only=neutral_only),
         train=TrainConfig(steps=steps, minutes=minutes, rays_per_image=rays_per_image, images_per_step=images_per_step,
                           lr=lr, use_lpips=lpips, lpips_from_step=lpips_from,
                           mask_loss_steps=defaults.mask_loss_steps if mask_loss else 0,
                           face_ray_fraction=defaults.face_ray_fraction if face_sampling else 0.0,
+                          mouth_ray_fraction=(defaults.mouth_ray_fraction if mouth_rays is None else mouth_rays)
+                          if face_sampling else 0.0,
                           table_l1_weight=defaults.table_l1_weight if table_l1 else 0.0,
                           mixed_precision=mixed_precision, validate_every=validate_every,
                           checkpoint_every=checkpoint_every, seed=seed))

@@ -86,12 +86,15 @@ def evaluate_run(run, out_dir: Path) -> dict:
     """Score every held-out frame of a training run and print the table."""
     from nerfbs import evaluate, train
 
+    from nerfbs.perceptual import load_lpips
+
     frames = [int(i) for i in run.subject.test_indices]
+    lpips_model = run.lpips if run.lpips is not None else load_lpips(run.device, allow_missing=True)
     t0 = time.perf_counter()
     with progress_bar("evaluating held-out frames", total=len(frames)) as update:
         result, worst = evaluate.evaluate_frames(
             lambda f: train.render_frame(run.field, run.grid, run.config, run.sampler, run.subject.coeffs, f),
-            frames, run.subject.face_rects, run.subject.mouth_rects, run.lpips,
+            frames, run.subject.face_rects, run.subject.mouth_rects, lpips_model,
             progress=lambda done, total: update(done, total), keep_worst=4)
     paths = evaluate.write_report(result, out_dir, worst)
     console.print(result.markdown())

@@ -373,18 +373,20 @@ class RaySampler:
                         pixels=torch.stack([u, v], -1), image_shape=image_shape)
 
     def sample(self, frame_indices: torch.Tensor, rays_per_image: int, face_fraction: float = 0.9,
-               generator: torch.Generator | None = None) -> RayBatch:
+               generator: torch.Generator | None = None, mouth_fraction: float = 0.0) -> RayBatch:
         """``rays_per_image`` random pixels from each of the B frames: round(face_fraction x R) inside the
-        frame's face rectangle, the rest anywhere. Rays are grouped by frame (slot b owns rays
-        [b R, (b+1) R))."""
+        frame's face rectangle (of which round(mouth_fraction x R) inside its mouth rectangle), the rest
+        anywhere. Rays are grouped by frame (slot b owns rays [b R, (b+1) R))."""
         s = self.subject
         frames = torch.as_tensor(frame_indices, device=self.device).long().reshape(-1)
         if frames.numel() and (int(frames.min()) < 0 or int(frames.max()) >= s.num_frames):
             raise ValueError(f"sample: frame indices must lie in [0, {s.num_frames})")
         b, r = frames.numel(), int(rays_per_image)
         n_face = int(round(r * face_fraction))
+        n_mouth = min(int(round(r * mouth_fraction)), n_face)
         whole = torch.tensor([0, 0, s.width, s.height], device=self.device, dtype=torch.int32)
-        rect = torch.cat([self.rects["face"][frames][:, None].expand(b, n_face, 4),
+        rect = torch.cat([self.rects["mouth"][frames][:, None].expand(b, n_mouth, 4),
+                          self.rects["face"][frames][:, None].expand(b, n_face - n_mouth, 4),
                           whole.expand(b, r - n_face, 4)], 1).reshape(-1, 4).long()  # [B R, 4]
         lo, hi = rect[:, :2], rect[:, 2:]
         uv = lo + (self._rand((b * r, 2), generator) * (hi - lo)).long()

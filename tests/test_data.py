@@ -137,6 +137,19 @@ def test_sampler_batch(subject):
     assert 0 < batch.mask.mean() < 1
 
 
+def test_sampler_puts_the_mouth_share_inside_the_mouth_rectangle(subject):
+    frames, r = torch.tensor([2, 7]), 100
+    batch = RaySampler(subject).sample(frames, r, face_fraction=0.9, mouth_fraction=0.3,
+                                       generator=torch.Generator().manual_seed(1))
+    u, v = batch.pixels.unbind(-1)
+    fi = frames[batch.frame_slot.long()]
+    mouth, face = subject.mouth_rects[fi], subject.face_rects[fi]
+    in_mouth = ((u >= mouth[:, 0]) & (u < mouth[:, 2]) & (v >= mouth[:, 1]) & (v < mouth[:, 3])).view(2, r)
+    in_face = ((u >= face[:, 0]) & (u < face[:, 2]) & (v >= face[:, 1]) & (v < face[:, 3])).view(2, r)
+    assert bool(in_mouth[:, :30].all()) and bool(in_face[:, :90].all())
+    assert float(in_mouth[:, 30:].float().mean()) < 0.5  # the rest is not drawn from the mouth alone
+
+
 def test_patches_and_full_images(subject):
     sampler = RaySampler(subject)
     for rect_name, rects in (("mouth", subject.mouth_rects), ("face", subject.face_rects)):
