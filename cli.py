@@ -10,7 +10,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import functools
 import logging
-import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -37,11 +36,6 @@ def _one_line_errors(fn: Callable) -> Callable:
             raise typer.Exit(130)
 
     return wrapper
-
-
-def _not_yet(name: str) -> None:
-    typer.secho(f"`nerfbs {name}` is not yet available in this version.", err=True)
-    raise typer.Exit(3)
 
 
 @app.callback()

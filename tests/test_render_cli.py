@@ -8,18 +8,12 @@ its config from) to give a small hash grid, MLPs and occupancy grid: the default
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import math
-from pathlib import Path
-from types import SimpleNamespace
 
-import cv2
 import imageio.v2 as imageio
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from tiny import TINY_STEPS, TINY_TEST_LAST, invoke, one_line_error, psnr_u8, read_rgb
 
