@@ -37,7 +37,9 @@ _FULL_MASK = 0xFFFFFFFF  # all 32 lanes
 
 @functools.cache
 def _kernels(grid: GridConfig, dtype: torch.dtype, arch: str, warp_merge: bool, pair_x: bool):
-    """Forward and backward kernels for one grid layout, float type and backend.
+    """Forward and backward kernels for one grid layout, float type and backend, and a forward that reads
+    float16 blended tables and writes float16 features (accumulating in ``dtype``: inference under fp16
+    autocast, half the bytes gathered and written).
 
     ``warp_merge`` (CUDA, float32 only): merge equal rows within a warp before the atomics.
     ``pair_x``: the backward runs two threads per (sample, feature), one per x side of the cell,
@@ -88,28 +90,33 @@ def _kernels(grid: GridConfig, dtype: torch.dtype, arch: str, warp_merge: bool, 
         inside = (x >= 0).all() and (x <= 1).all()
         return ti.select(inside, x, ti.Vector.zero(real, 3)), inside
 
-    @ti.kernel
-    def forward(
-        points: ti.types.ndarray(dtype=real, ndim=2),  # [N, 3] points in [0, 1]^3
-        frame_index: ti.types.ndarray(dtype=ti.i32, ndim=1),  # [N] frame of each point, in [0, F)
-        blended: ti.types.ndarray(dtype=real, ndim=3),  # [F, P, C] tables blended per frame
-        out: ti.types.ndarray(dtype=real, ndim=2),  # [N, L * C] features (written)
-    ):
-        ti.loop_config(block_dim=_BLOCK_DIM)
-        for i in range(points.shape[0] * channels):
-            n, c = i // channels, i % channels
-            x, inside = load_point(points, n)
-            f = frame_index[n]
-            for l in ti.static(range(len(levels))):
-                scale, stride, size, offset, dense = ti.static(levels[l])
-                acc = real(0.0)
-                if inside:
-                    frac, terms = corner_terms(x, scale, stride, dense)
-                    for bits in ti.static(range(8)):
-                        bx, by, bz = ti.static(bits & 1, (bits >> 1) & 1, bits >> 2)
-                        w, _ = corner_weight(frac, bx, by, bz)
-                        acc += w * blended[f, corner_row(terms, bx, by, bz, size, offset, dense), c]
-                out[n, l * channels + c] = acc
+    def make_forward(store):
+        @ti.kernel
+        def forward(
+            points: ti.types.ndarray(dtype=real, ndim=2),  # [N, 3] points in [0, 1]^3
+            frame_index: ti.types.ndarray(dtype=ti.i32, ndim=1),  # [N] frame of each point, in [0, F)
+            blended: ti.types.ndarray(dtype=store, ndim=3),  # [F, P, C] tables blended per frame
+            out: ti.types.ndarray(dtype=store, ndim=2),  # [N, L * C] features (written)
+        ):
+            ti.loop_config(block_dim=_BLOCK_DIM)
+            for i in range(points.shape[0] * channels):
+                n, c = i // channels, i % channels
+                x, inside = load_point(points, n)
+                f = frame_index[n]
+                for l in ti.static(range(len(levels))):
+                    scale, stride, size, offset, dense = ti.static(levels[l])
+                    acc = real(0.0)
+                    if inside:
+                        frac, terms = corner_terms(x, scale, stride, dense)
+                        for bits in ti.static(range(8)):
+                            bx, by, bz = ti.static(bits & 1, (bits >> 1) & 1, bits >> 2)
+                            w, _ = corner_weight(frac, bx, by, bz)
+                            acc += w * ti.cast(blended[f, corner_row(terms, bx, by, bz, size, offset, dense), c], real)
+                    out[n, l * channels + c] = ti.cast(acc, store)
+
+        return forward
+
+    forward = make_forward(real)
 
     @ti.func
     def scatter(grad_blended: ti.template(), f, row, c, value, valid, lane):
@@ -191,7 +198,7 @@ def _kernels(grid: GridConfig, dtype: torch.dtype, arch: str, warp_merge: bool, 
                     for d in ti.static(range(3)):
                         ti.atomic_add(grad_points[n, d], dx[d])
 
-    return forward, backward
+    return forward, backward, make_forward(ti.f16)
 
 
 @functools.cache
@@ -200,7 +207,7 @@ def _function(grid: GridConfig, dtype: torch.dtype, arch: str, warp_merge: bool 
 
     Kernels get detached views: Taichi would otherwise allocate ``.grad`` on inputs that require grad.
     """
-    forward_kernel, backward_kernel = _kernels(grid, dtype, arch, warp_merge, pair_x)
+    forward_kernel, backward_kernel, _ = _kernels(grid, dtype, arch, warp_merge, pair_x)
     entries, channels = grid.table_entries, grid.features_per_level
 
     class BlendedHashEncode(torch.autograd.Function):
@@ -269,6 +276,7 @@ def blended_hash_encode(
     """Blended multi-resolution hash features: column ``l * C + c`` holds
     ``sum_k coeffs[frame_index[n], k] * trilinear(tables[k], level l, feature c)`` at ``points[n]``.
 
+    Under float16 autocast without autograd (inference) the blended tables and the features are float16.
     Points with any coordinate outside [0, 1] get zero features and zero gradient. Differentiable
     w.r.t. tables, coeffs and points (the trilinear derivative, one-sided at cell borders; computed
     only when points require grad); frame_index is not differentiable and is not range-checked
@@ -276,8 +284,23 @@ def blended_hash_encode(
     """
     runtime.ensure_initialized()
     _check_inputs(points, frame_index, coeffs, tables, grid)
+    device = points.device.type
+    if not torch.is_grad_enabled() and torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16:
+        return _encode_half(points.contiguous(), frame_index.contiguous(), coeffs, tables, grid)
     fn = _function(grid, points.dtype, runtime.current_arch())
     return fn.apply(points.contiguous(), frame_index.contiguous(), coeffs.contiguous(), tables.contiguous())
+
+
+def _encode_half(points, frame_index, coeffs, tables, grid: GridConfig) -> torch.Tensor:
+    """Inference under float16 autocast: blend in float32, round the blended tables to float16, look up
+    into float16 features (the MLP after it runs in float16 anyway)."""
+    kernel = _kernels(grid, points.dtype, runtime.current_arch(), True, True)[2]
+    with torch.autocast(points.device.type, enabled=False):
+        blended = (coeffs @ tables.reshape(tables.shape[0], -1)).to(torch.float16)
+    out = torch.empty(points.shape[0], grid.output_dim, dtype=torch.float16, device=points.device)
+    if points.shape[0] > 0:
+        kernel(points, frame_index, blended.reshape(-1, grid.table_entries, grid.features_per_level), out)
+    return out
 
 
 class BlendedHashGrid(nn.Module):

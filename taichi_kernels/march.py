@@ -11,6 +11,7 @@ inference loop share this step function, so without jitter they place identical 
 Nothing here is differentiable.
 """
 import functools
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -32,7 +33,7 @@ class MarchParams:
 
     From a ``RenderConfig`` ``rc``: ``MarchParams.from_render_config(rc)``, i.e. bound=rc.bound,
     near_min=rc.near_min, min_step=rc.min_step, max_step=rc.max_step, step_growth=rc.step_growth,
-    max_steps_per_ray=rc.max_steps_per_ray, early_stop=rc.early_stop_transmittance.
+    max_steps_per_ray=rc.max_steps_per_ray, early_stop=rc.display_early_stop.
     """
 
     bound: float = 0.06
@@ -53,7 +54,7 @@ class MarchParams:
     def from_render_config(cls, rc: Any) -> "MarchParams":
         return cls(bound=rc.bound, near_min=rc.near_min, min_step=rc.min_step, max_step=rc.max_step,
                    step_growth=rc.step_growth, max_steps_per_ray=rc.max_steps_per_ray,
-                   early_stop=rc.early_stop_transmittance)
+                   early_stop=rc.display_early_stop)
 
 
 @dataclass
@@ -375,8 +376,9 @@ def render_rays_inference(origins: torch.Tensor, directions: torch.Tensor, ray_f
     (sigma [A*n], rgb [A*n, 3])`` is called once (only on live slots; empty ones are skipped).
     The field sees only the live slots. Host syncs: one per launch (reading the alive count) and one per
     field call (the live-slot count), i.e. 2 * rounds + 1. Gives the same result as ``march_rays_train(jitter=False)`` followed by
-    ``composite``. ``stats``, if given, receives rounds, host_syncs and sample_slots (field batch
-    sizes summed).
+    ``composite``. ``stats``, if given, receives rounds, host_syncs, sample_slots (field batch
+    sizes summed) and round_kernel_ms (host time from each round kernel's launch to its count being read:
+    the kernel's run time when the field's work before it was synchronised).
     """
     runtime.ensure_initialized()
     _check_rays(origins, directions)
@@ -391,7 +393,7 @@ def render_rays_inference(origins: torch.Tensor, directions: torch.Tensor, ray_f
     device = origins.device
     acc = torch.zeros(rays, 6, dtype=torch.float32, device=device)
     acc[:, 0] = 1.0
-    run = {"rounds": 0, "host_syncs": 0, "sample_slots": 0}
+    run = {"rounds": 0, "host_syncs": 0, "sample_slots": 0, "round_kernel_ms": 0.0}
     if rays:
         _render_loop(origins, directions, ray_frame, field_fn, grid, params, acc, samples_per_round,
                      max_samples_per_round, run)
@@ -438,9 +440,11 @@ def _render_loop(origins, directions, ray_frame, field_fn, grid, params, acc, pe
     alive, n, first_alive, kernel = rays, per_round, 0, kernels["first_round"]
     for k in range(counters.shape[0]):
         slots = alive * n
+        started = time.perf_counter()
         kernel(state, acc, ray_ints, grid.bitfield, work[0][:alive], sigma, rgb, t_dt[0], counters[k:k + 1],
                work[1][:alive], positions[:slots], sample_dirs[:slots], frames[:slots], t_dt[1][:slots])
         alive = int(counters[k])  # the round's host sync
+        run["round_kernel_ms"] += (time.perf_counter() - started) * 1000
         run["host_syncs"] += 1
         if alive == 0:
             return

@@ -50,6 +50,19 @@ def test_forward_and_gradients_match_twin_float32():
     assert_matches_twin(MIXED, points, frame_index, coeffs, tables, rtol=1e-5)
 
 
+def test_inference_under_float16_autocast_gives_float16_features_close_to_the_twin():
+    points, frame_index, coeffs, tables = make_inputs(MIXED, 400, frames=3)
+    points[0] = torch.tensor([1.5, 0.5, 0.5])  # outside the box: zero features
+    want = reference.blended_hash_encode(points.double(), frame_index, coeffs.double(), tables.double(), MIXED)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        out = hash_grid.blended_hash_encode(points, frame_index, coeffs, tables, MIXED)
+    assert out.dtype == torch.float16 and out.shape == want.shape
+    assert (out.double() - want).abs().max() <= 2e-3 * want.abs().max()  # float16 tables: ~3 digits
+    assert (out[0] == 0).all()
+    with torch.autocast("cpu", dtype=torch.float16):  # autograd on: the float32 path, differentiable
+        assert hash_grid.blended_hash_encode(points, frame_index, coeffs, tables.requires_grad_(), MIXED).dtype == torch.float32
+
+
 def test_one_thread_per_sample_backward_variant_matches_twin():
     points, frame_index, coeffs, tables = make_inputs(MIXED, 200, frames=2)
     fn = hash_grid._function(MIXED, torch.float32, "cpu", warp_merge=True, pair_x=False)

@@ -1,20 +1,8 @@
-import math
-
 import torch
 
 from nerfbs.config import ModelConfig
-from nerfbs.model import BlendShapeField, spherical_harmonics
+from nerfbs.model import MLP, BlendShapeField
 from taichi_kernels.grid_layout import GridConfig
-
-
-def test_spherical_harmonics_are_orthonormal_on_the_sphere():
-    # Monte-Carlo integral of Y_i Y_j over the unit sphere is the identity (times 4 pi / N samples).
-    g = torch.Generator().manual_seed(0)
-    d = torch.nn.functional.normalize(torch.randn(400000, 3, generator=g, dtype=torch.float64), dim=-1)
-    sh = spherical_harmonics(d, 4)
-    gram = sh.T @ sh * (4 * math.pi / d.shape[0])
-    assert sh.shape == (400000, 16)
-    assert torch.allclose(gram, torch.eye(16, dtype=torch.float64), atol=0.02)
 
 
 def test_field_shapes_ranges_and_gradients_reach_every_part():
@@ -33,3 +21,18 @@ def test_field_shapes_ranges_and_gradients_reach_every_part():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in field.mlp_parameters())
     assert coeffs.grad.abs().sum() > 0
     assert torch.allclose(field.density(points, frame, coeffs), sigma)
+
+
+def test_inference_mlp_with_fused_relu_matches_the_layer_by_layer_mlp():
+    torch.manual_seed(0)
+    net = MLP(32, 64, 3, 5)
+    x = torch.randn(257, 32)
+    with torch.no_grad():
+        fused = net(x)
+        net.fused_inference = False
+        plain = net(x)
+    trained = MLP.forward(net, x)  # autograd on: always layer by layer
+    assert fused.shape == (257, 5)
+    assert torch.allclose(fused, plain, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(trained, plain, atol=1e-5, rtol=1e-5) and trained.requires_grad
+    assert (plain != 0).any() and (plain < 0).any()  # ReLUs inside, an unclamped linear last layer

@@ -1,0 +1,118 @@
+"""The colour MLP's input in one pass: view-direction spherical harmonics, then geometry features.
+
+``color_input(directions [N, 3], density_out [N, 1 + G], degree) -> [N, degree^2 + G]``: columns
+``0 : degree^2`` are the real spherical harmonics of the unit directions (bands 0 to degree - 1, the
+order of ``reference.sh.spherical_harmonics``), the rest is ``density_out[:, 1:]`` (the density MLP's
+output without its density column). The output has ``density_out``'s dtype (float16 under autocast).
+
+In torch this is ~30 elementwise launches for the harmonics, a cast and a concatenation, each a pass
+over memory: on the H100 it took more time than the density MLP in an inference render (docs/PERF.md).
+Here it is one kernel. Directions get no gradient (they come from the cameras); ``density_out`` gets
+the output gradient of its feature columns.
+"""
+import functools
+
+import taichi as ti
+import torch
+
+from taichi_kernels import runtime
+
+_TI_TYPE = {torch.float16: ti.f16, torch.float32: ti.f32, torch.float64: ti.f64}
+
+
+@ti.func
+def _harmonics(x, y, z, degree: ti.template()):
+    """The degree^2 real spherical harmonics of the unit vector (x, y, z), as a float32 vector."""
+    out = ti.Vector.zero(ti.f32, degree * degree)
+    out[0] = 0.28209479177387814
+    if ti.static(degree > 1):
+        out[1] = -0.48860251190291987 * y
+        out[2] = 0.48860251190291987 * z
+        out[3] = -0.48860251190291987 * x
+    if ti.static(degree > 2):
+        xy, yz, xz, x2, y2, z2 = x * y, y * z, x * z, x * x, y * y, z * z
+        out[4] = 1.0925484305920792 * xy
+        out[5] = -1.0925484305920792 * yz
+        out[6] = 0.94617469575755997 * z2 - 0.31539156525251999
+        out[7] = -1.0925484305920792 * xz
+        out[8] = 0.54627421529603959 * (x2 - y2)
+        if ti.static(degree > 3):
+            out[9] = 0.59004358992664352 * y * (-3.0 * x2 + y2)
+            out[10] = 2.8906114426405538 * xy * z
+            out[11] = 0.45704579946446572 * y * (1.0 - 5.0 * z2)
+            out[12] = 0.3731763325901154 * z * (5.0 * z2 - 3.0)
+            out[13] = 0.45704579946446572 * x * (1.0 - 5.0 * z2)
+            out[14] = 1.4453057213202769 * z * (x2 - y2)
+            out[15] = 0.59004358992664352 * x * (-x2 + 3.0 * y2)
+    return out
+
+
+@functools.cache
+def _kernels(degree: int, dtype: torch.dtype):
+    real = _TI_TYPE[dtype]
+    sh = degree * degree
+
+    @ti.kernel
+    def forward(
+        directions: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [N, 3] unit
+        density_out: ti.types.ndarray(dtype=real, ndim=2),  # [N, 1 + G]
+        out: ti.types.ndarray(dtype=real, ndim=2),  # [N, sh + G] written
+    ):
+        features = density_out.shape[1] - 1
+        for n in range(directions.shape[0]):
+            harmonics = _harmonics(directions[n, 0], directions[n, 1], directions[n, 2], degree)
+            for k in ti.static(range(sh)):
+                out[n, k] = ti.cast(harmonics[k], real)
+            for g in range(features):
+                out[n, sh + g] = density_out[n, 1 + g]
+
+    @ti.kernel
+    def backward(
+        grad_out: ti.types.ndarray(dtype=real, ndim=2),  # [N, sh + G]
+        grad_density_out: ti.types.ndarray(dtype=real, ndim=2),  # [N, 1 + G] written
+    ):
+        features = grad_density_out.shape[1] - 1
+        for n in range(grad_out.shape[0]):
+            grad_density_out[n, 0] = 0.0
+            for g in range(features):
+                grad_density_out[n, 1 + g] = grad_out[n, sh + g]
+
+    return forward, backward
+
+
+class _ColorInput(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, directions, density_out, degree):
+        forward, _ = _kernels(degree, density_out.dtype)
+        out = torch.empty(density_out.shape[0], degree * degree + density_out.shape[1] - 1, dtype=density_out.dtype,
+                          device=density_out.device)
+        if out.shape[0]:
+            forward(directions, density_out.detach(), out)  # detached: Taichi would give it a .grad
+        ctx.degree = degree
+        ctx.shape = density_out.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        _, backward = _kernels(ctx.degree, grad_out.dtype)
+        grad = torch.empty(ctx.shape, dtype=grad_out.dtype, device=grad_out.device)
+        if grad.shape[0]:
+            backward(grad_out.contiguous(), grad)
+        return None, grad, None
+
+
+def color_input(directions: torch.Tensor, density_out: torch.Tensor, degree: int) -> torch.Tensor:
+    """[N, degree^2 + G]: spherical harmonics of ``directions`` [N, 3] (float32, unit), then ``density_out[:, 1:]``."""
+    runtime.ensure_initialized()
+    if not 1 <= degree <= 4:
+        raise ValueError(f"spherical harmonics degree must lie in [1, 4], got {degree}")
+    n = directions.shape[0]
+    if directions.dim() != 2 or directions.shape[1] != 3 or directions.dtype != torch.float32:
+        raise ValueError(f"directions must be [N, 3] float32, got {tuple(directions.shape)} {directions.dtype}")
+    if density_out.dim() != 2 or density_out.shape[0] != n or density_out.shape[1] < 1:
+        raise ValueError(f"density_out must be [{n}, 1 + G], got {tuple(density_out.shape)}")
+    if density_out.dtype not in _TI_TYPE:
+        raise ValueError(f"density_out must be float16/32/64, got {density_out.dtype}")
+    runtime.check_device("directions", directions)
+    runtime.check_device("density_out", density_out)
+    return _ColorInput.apply(directions.contiguous(), density_out.contiguous(), degree)

@@ -1,0 +1,66 @@
+"""The colour-input kernel (spherical harmonics + geometry features) against its torch twin."""
+import math
+
+import pytest
+import torch
+
+from taichi_kernels import color_input as kernel
+from taichi_kernels.reference import sh as reference
+
+
+def unit_directions(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    axes = torch.eye(3)
+    return torch.cat([d, axes, -axes])  # the axes: components exactly 0 and +-1
+
+
+def test_reference_harmonics_are_orthonormal_on_the_sphere():
+    # Monte-Carlo integral of Y_i Y_j over the unit sphere is the identity (times 4 pi / N samples).
+    g = torch.Generator().manual_seed(0)
+    d = torch.nn.functional.normalize(torch.randn(400000, 3, generator=g, dtype=torch.float64), dim=-1)
+    sh = reference.spherical_harmonics(d, 4)
+    gram = sh.T @ sh * (4 * math.pi / d.shape[0])
+    assert sh.shape == (400000, 16)
+    assert torch.allclose(gram, torch.eye(16, dtype=torch.float64), atol=0.02)
+
+
+@pytest.mark.parametrize("degree", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_and_backward_match_the_reference(degree, dtype):
+    d = unit_directions(300, seed=degree)
+    h = torch.randn(d.shape[0], 1 + 15, dtype=dtype, requires_grad=True)
+    ref_h = h.detach().clone().requires_grad_(True)
+    out = kernel.color_input(d, h, degree)
+    ref = reference.color_input(d.double(), ref_h, degree)
+    assert out.shape == (d.shape[0], degree * degree + 15) and out.dtype == dtype
+    sh = degree * degree  # harmonics are computed in float32 (directions are float32); features copied exactly
+    assert (out[:, :sh].double() - ref[:, :sh]).abs().max() < 2e-6
+    assert torch.equal(out[:, sh:].double(), ref[:, sh:].double())
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref.backward(grad)
+    assert torch.equal(h.grad, ref_h.grad)
+    assert (h.grad[:, 0] == 0).all() and h.grad[:, 1:].abs().sum() > 0
+
+
+def test_half_precision_output_rounds_the_harmonics_only():
+    d = unit_directions(64, seed=9)
+    h = torch.randn(d.shape[0], 65).half()
+    out = kernel.color_input(d, h, 4)
+    ref = reference.color_input(d, h, 4)
+    assert out.dtype == torch.float16
+    assert torch.equal(out[:, 16:], h[:, 1:])
+    assert (out[:, :16].float() - ref[:, :16].float()).abs().max() <= 2e-3
+
+
+def test_empty_batch_and_bad_input():
+    empty = kernel.color_input(torch.zeros(0, 3), torch.zeros(0, 65, requires_grad=True), 4)
+    assert empty.shape == (0, 80)
+    empty.sum().backward()
+    with pytest.raises(ValueError, match="degree"):
+        kernel.color_input(torch.zeros(2, 3), torch.zeros(2, 65), 5)
+    with pytest.raises(ValueError, match="directions"):
+        kernel.color_input(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, 65), 4)
+    with pytest.raises(ValueError, match="density_out"):
+        kernel.color_input(torch.zeros(2, 3), torch.zeros(3, 65), 4)
