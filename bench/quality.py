@@ -96,6 +96,65 @@ def step_breakdown(run: train.TrainRun, steps: int = 30) -> dict:
     return med
 
 
+def apply_overrides(config: Config, items: list[str]) -> Config:
+    """Dotted overrides such as ``train.lr=1e-2`` or ``model.grid.num_levels=8``, typed from the current value."""
+    import dataclasses
+
+    def replaced(obj, path: list[str], text: str):
+        current = getattr(obj, path[0])
+        if len(path) > 1:
+            value = replaced(current, path[1:], text)
+        elif isinstance(current, bool):
+            value = text.lower() in ("1", "true", "yes")
+        else:
+            value = type(current)(float(text)) if isinstance(current, int) else type(current)(text)
+        return dataclasses.replace(obj, **{path[0]: value})
+
+    for item in items:
+        name, _, text = item.partition("=")
+        config = replaced(config, name.split("."), text)
+    return config
+
+
+def mouth_diagnosis(run: train.TrainRun, train_frames: int = 40) -> dict:
+    """Per-frame mouth PSNR on every held-out frame and on evenly spaced training frames, with the frame's
+    coefficients: tells under-fitting (low on training frames too) from poor generalisation."""
+    def rows(frames):
+        result, _ = evaluate.evaluate_frames(
+            lambda f: train.render_frame(run.field, run.grid, run.config, run.sampler, run.subject.coeffs, f),
+            frames, run.subject.face_rects, run.subject.mouth_rects, None)
+        return [{"frame": r["frame"], "mouth": r["mouth"]["psnr"], "face": r["face"]["psnr"], "full": r["full"]["psnr"],
+                 "coeffs": [round(float(c), 3) for c in run.subject.coeffs[r["frame"], 1:].tolist()]} for r in result.rows]
+    n = run.subject.num_train
+    picks = [i * (n - 1) // max(train_frames - 1, 1) for i in range(train_frames)]
+    rects = run.subject.mouth_rects
+    return {"names": list(run.subject.coeff_names or []), "test": rows([int(i) for i in run.subject.test_indices]),
+            "train": rows(picks), "mouth_rect_sizes": [[int(rects[i][2] - rects[i][0]), int(rects[i][3] - rects[i][1])]
+                                                       for i in picks[:5]]}
+
+
+def write_mouth_sheet(run: train.TrainRun, path: Path, count: int = 6, zoom: int = 3) -> None:
+    """Mouth crops (prediction | truth | error), zoomed, of ``count`` held-out frames spread over the tail."""
+    from nerfbs.images import error_grid, write_png
+    import numpy as np
+
+    test = [int(i) for i in run.subject.test_indices]
+    picks = [test[i * (len(test) - 1) // max(count - 1, 1)] for i in range(count)]
+    rows = []
+    for f in picks:
+        pred, truth = train.render_frame(run.field, run.grid, run.config, run.sampler, run.subject.coeffs, f)
+        x0, y0, x1, y1 = (int(v) for v in run.subject.mouth_rects[f])
+        pad = 12
+        h, w = pred.shape[:2]
+        x0, y0, x1, y1 = max(x0 - pad, 0), max(y0 - pad, 0), min(x1 + pad, w), min(y1 + pad, h)
+        crop = error_grid(pred[y0:y1, x0:x1], truth[y0:y1, x0:x1])
+        crop = np.repeat(np.repeat(crop, zoom, axis=0), zoom, axis=1)
+        rows.append(crop)
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    write_png(path, np.concatenate(rows, axis=0))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -110,6 +169,10 @@ def main() -> None:
     ap.add_argument("--render-batch", type=int, default=8)
     ap.add_argument("--mouth-rays", type=float, default=None, help="TrainConfig.mouth_ray_fraction (default: the recipe's)")
     ap.add_argument("--quality-only", action="store_true", help="skip the step breakdown and the render speed")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="config override, e.g. train.lr=1e-2 (repeatable)")
+    ap.add_argument("--diagnose", default="", help="write per-frame mouth figures (held-out and training frames) as JSON")
+    ap.add_argument("--mouth-sheet", default="", help="write zoomed mouth crops (prediction | truth | error) of 6 held-out frames")
     ap.add_argument("--sheet", default="", help="write a contact sheet (prediction | truth | error) of 4 held-out frames")
     args = ap.parse_args()
     device = runtime.torch_device()
@@ -129,6 +192,8 @@ def main() -> None:
                     train=TrainConfig(steps=10 ** 9, minutes=args.minutes, validate_every=10 ** 9,
                                       checkpoint_every=10 ** 9, use_lpips=False,
                                       **({} if args.mouth_rays is None else {"mouth_ray_fraction": args.mouth_rays})))
+    config = apply_overrides(config, args.set)
+    report["config"] = config.to_dict()
     ws = Workspace(Path(args.workspace))
     t0 = time.perf_counter()
     run = train.prepare_run(config, ws, device, resume_from=None, lpips_loader=lambda needed: None)
@@ -165,6 +230,10 @@ def main() -> None:
     report["steps_per_second"] = run.step / max(run.elapsed, 1e-9)
     report["rays_per_second"] = (config.train.rays_per_image * config.train.images_per_step
                                  * report["steps_per_second"])
+    if args.diagnose:
+        Path(args.diagnose).write_text(json.dumps(mouth_diagnosis(run)))
+    if args.mouth_sheet:
+        write_mouth_sheet(run, Path(args.mouth_sheet))
     if args.quality_only:
         print(json.dumps({k: report[k] for k in ("steps", "final", "rays_per_second")}), flush=True)
         Path(args.out).write_text(json.dumps(report, indent=1))

@@ -23,7 +23,7 @@ class RenderOutput:
 
 def make_occupancy_grid(config: RenderConfig) -> OccupancyGrid:
     return OccupancyGrid(bound=config.bound, resolution=config.grid_resolution,
-                         threshold_ceiling=config.density_threshold_ceiling)
+                         threshold_ceiling=config.density_threshold_ceiling, dilation=config.occupancy_dilation)
 
 
 def render_rays_train(field: BlendShapeField, grid: OccupancyGrid, config: RenderConfig, origins: torch.Tensor,

@@ -98,3 +98,18 @@ def test_state_dict_round_trip():
     copy.load_state_dict(grid.state_dict())
     assert torch.equal(copy.bitfield, grid.bitfield) and copy.threshold == grid.threshold
     assert set(grid.state_dict()) == {"density", "bitfield", "mean"}
+
+
+def test_dilation_marks_the_neighbours_of_occupied_cells():
+    def one_cell(points, frame_index, coeffs):  # dense only in the cell at index (5, 6, 7), none elsewhere
+        cell = ((points + BOUND) / (2 * BOUND) * RES).floor().long()
+        return 50.0 * (cell == torch.tensor([5, 6, 7])).all(dim=1).float()
+
+    marked = {}
+    for dilation in (0, 1):
+        grid = OccupancyGrid(bound=BOUND, resolution=RES, dilation=dilation)
+        grid.update(one_cell, torch.zeros(1, 2), step=0, generator=torch.Generator().manual_seed(0))
+        marked[dilation] = grid.occupied().reshape(RES, RES, RES)  # [z, y, x]
+    assert marked[0].sum() == 1 and marked[0][7, 6, 5]
+    assert marked[1].sum() == 27 and marked[1][6:9, 5:8, 4:7].all()
+    assert grid.density.count_nonzero() == 1  # the densities themselves are not dilated
