@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import cv2
-import numpy as np
 import torch
 
 from nerfbs import reenact, views
@@ -150,18 +149,14 @@ def _clear_outputs(out_dir: Path) -> None:
             path.unlink()
 
 
-def _write_view(path: Path, rgb: np.ndarray, opacity: np.ndarray, alpha: bool) -> None:
-    write_png(path, _to_image(rgb, opacity, alpha))
-
-
-def _to_image(rgb: np.ndarray, opacity: np.ndarray, alpha: bool) -> np.ndarray:
-    """uint8 [H, W, 3] (or [H, W, 4] with straight, not premultiplied, colour and the opacity as alpha)."""
-    if not alpha:
-        return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    a = np.clip(opacity, 0.0, 1.0)[..., None]
-    straight = np.where(a > 1e-4, rgb / np.maximum(a, 1e-4), 0.0)
-    rgba = np.concatenate([np.clip(straight, 0.0, 1.0), a], -1)
-    return (rgba * 255.0 + 0.5).astype(np.uint8)
+def _to_pixels(rgb: torch.Tensor, opacity: torch.Tensor, alpha: bool) -> torch.Tensor:
+    """uint8 [..., 3] (or [..., 4] with straight, not premultiplied, colour and the opacity as alpha), computed
+    where the render lives: a quarter of the bytes of float32 cross to the host."""
+    if alpha:
+        a = opacity.clamp(0.0, 1.0)[..., None]
+        straight = torch.where(a > 1e-4, rgb / a.clamp_min(1e-4), torch.zeros_like(rgb))
+        rgb = torch.cat([straight, a], dim=-1)
+    return (rgb.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
 
 
 def run_job(avatar: Avatar, job: RenderJob, out_dir: Path, *, batch: int = 4,
@@ -191,15 +186,13 @@ def run_job(avatar: Avatar, job: RenderJob, out_dir: Path, *, batch: int = 4,
                                              u.repeat(b), v.repeat(b), slot)
             rgb, opacity, _ = render_rays(avatar.field, avatar.grid, avatar.config.render, origins, directions,
                                           slot.to(torch.int32), job.coeffs[start:end], background.repeat(b, 1))
-            rgb = rgb.reshape(b, h, w, 3).cpu().numpy()
-            opacity = opacity.reshape(b, h, w).cpu().numpy()
+            pixels = _to_pixels(rgb.reshape(b, h, w, 3), opacity.reshape(b, h, w), job.alpha).cpu().numpy()
             elapsed = time.perf_counter() - t0
             seconds += elapsed
             if start == 0:
                 first_batch = elapsed
             for j in range(b):
-                pending.append(writer.submit(_write_view, out_dir / f"{job.names[start + j]}.png", rgb[j],
-                                             opacity[j], job.alpha))
+                pending.append(writer.submit(write_png, out_dir / f"{job.names[start + j]}.png", pixels[j]))
             while len(pending) > MAX_PENDING_WRITES:
                 pending.pop(0).result()
             if progress is not None:

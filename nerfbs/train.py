@@ -211,7 +211,7 @@ def restore(run: TrainRun, payload: dict, path: Path) -> None:
         raise UserError(f"{path}: optimizer state does not match this model ({err}) — retrain") from None
     if payload.get("scaler"):
         run.scaler.load_state_dict(payload["scaler"])
-    run.generator.set_state(payload["rng"]["generator"])
+    run.generator.set_state(payload["rng"]["generator"].cpu())  # a ByteTensor on the CPU, whatever map_location did
     run.elapsed_before = float(payload["rng"]["elapsed"])
     run.step = int(payload["step"])
 

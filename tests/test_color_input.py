@@ -64,3 +64,18 @@ def test_empty_batch_and_bad_input():
         kernel.color_input(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, 65), 4)
     with pytest.raises(ValueError, match="density_out"):
         kernel.color_input(torch.zeros(2, 3), torch.zeros(3, 65), 4)
+
+
+@pytest.mark.parametrize("arch", ["cpu", "cuda"])
+def test_both_thread_layouts_match_the_reference(arch):
+    # The kernels are built for a backend's thread layout (per point on the CPU, per element on CUDA);
+    # both layouts run here on whatever backend Taichi uses.
+    d = unit_directions(100, seed=3)
+    h = torch.randn(d.shape[0], 65)
+    forward, backward = kernel._kernels(4, torch.float32, arch)
+    out = torch.empty(d.shape[0], 16 + 64)
+    forward(d, h, out)
+    assert torch.allclose(out, reference.color_input(d, h, 4), atol=2e-6)
+    grad_out, grad = torch.randn_like(out), torch.full_like(h, float("nan"))
+    backward(grad_out, grad)
+    assert (grad[:, 0] == 0).all() and torch.equal(grad[:, 1:], grad_out[:, 16:])
