@@ -43,9 +43,16 @@ def render_rays_train(field: BlendShapeField, grid: OccupancyGrid, config: Rende
 @torch.no_grad()
 def render_rays(field: BlendShapeField, grid: OccupancyGrid, config: RenderConfig, origins: torch.Tensor,
                 directions: torch.Tensor, ray_frame: torch.Tensor, coeffs: torch.Tensor, background: torch.Tensor,
-                *, chunk: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inference render (alive-ray loop) of R rays, in chunks of ``chunk`` rays: (rgb [R,3], opacity [R], depth [R])."""
+                *, chunk: int = 1 << 21) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inference render (alive-ray loop) of R rays, in chunks of ``chunk`` rays: (rgb [R,3], opacity [R], depth [R]).
+
+    The chunk bounds the loop's sample slots (8 per ray) and so the field's largest batch: 2^21 rays give at
+    most 2^24 points, whose widest per-point array (the colour MLP's 80 inputs) stays below the 2^31
+    elements that Taichi's int32 indexing reaches. With ``config.display_density_threshold`` above the
+    grid's own threshold, fainter cells are skipped."""
     params = MarchParams.from_render_config(config)
+    if config.display_density_threshold > grid.threshold:
+        grid = grid.thresholded(config.display_density_threshold)
 
     def field_fn(points, dirs, frame_index):
         with torch.autocast(points.device.type, dtype=torch.float16, enabled=points.device.type == "cuda"):

@@ -122,6 +122,15 @@ class OccupancyGrid(nn.Module):
     def occupancy_fraction(self) -> float:
         return float(unpack_bitfield(self.bitfield).float().mean())
 
+    def thresholded(self, threshold: float) -> "OccupancyGrid":
+        """A grid sharing this one's densities whose bitfield marks only cells above ``threshold`` (for renders
+        that may skip faint cells; the training grid is left as it is)."""
+        view = OccupancyGrid(self.bound, self.resolution, self.decay, self.threshold_ceiling, self.dilation)
+        view.density = self.density
+        view.mean = self.mean
+        view.bitfield = pack_bitfield(self._occupancy_measure(), threshold)
+        return view
+
     def occupied(self) -> torch.Tensor:
         """[res^3] bool, the unpacked bitfield."""
         return unpack_bitfield(self.bitfield)

@@ -113,3 +113,17 @@ def test_dilation_marks_the_neighbours_of_occupied_cells():
     assert marked[0].sum() == 1 and marked[0][7, 6, 5]
     assert marked[1].sum() == 27 and marked[1][6:9, 5:8, 4:7].all()
     assert grid.density.count_nonzero() == 1  # the densities themselves are not dilated
+
+
+def test_thresholded_view_marks_only_denser_cells_and_leaves_the_grid_alone():
+    def ramp(points, frame_index, coeffs):  # density grows along x: 0 at the left face, 100 at the right
+        return 100.0 * (points[:, 0] + BOUND) / (2 * BOUND)
+
+    grid = OccupancyGrid(bound=BOUND, resolution=RES)
+    grid.update(ramp, torch.zeros(1, 2), step=0, generator=torch.Generator().manual_seed(0))
+    before = grid.bitfield.clone()
+    view = grid.thresholded(75.0)
+    x = torch.arange(RES).repeat(RES * RES)  # cell index -> x
+    assert view.occupied()[x >= RES * 3 // 4 + 1].all() and not view.occupied()[x < RES * 3 // 4].any()
+    assert torch.equal(grid.bitfield, before) and grid.occupied().sum() > view.occupied().sum()
+    assert view.density is grid.density
