@@ -31,13 +31,11 @@ from taichi_kernels.color_input import color_input  # noqa: E402
 from taichi_kernels.reference.sh import color_input as color_input_torch  # noqa: E402
 from taichi_kernels.march import MarchParams, render_rays_inference  # noqa: E402
 
-VARIANTS = {  # name: (display_early_stop, fused MLP layers, display density threshold)
-    "stop1e-4_unfused": (1e-4, False, 0.0),
-    "stop1e-2_unfused": (1e-2, False, 0.0),
-    "stop1e-4_fused": (1e-4, True, 0.0),
-    "stop1e-2_fused": (1e-2, True, 0.0),  # the defaults
-    "stop1e-2_fused_thr30": (1e-2, True, 30.0),
-    "stop1e-2_fused_thr100": (1e-2, True, 100.0),
+VARIANTS = {  # name: (display_early_stop, fused MLP layers)
+    "stop1e-4_unfused": (1e-4, False),
+    "stop1e-2_unfused": (1e-2, False),
+    "stop1e-4_fused": (1e-4, True),
+    "stop1e-2_fused": (1e-2, True),  # the defaults
 }
 
 
@@ -46,9 +44,8 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def set_variant(avatar: Avatar, base_config, early_stop: float, fused: bool, threshold: float) -> None:
-    avatar.config = base_config.replace(render=dataclasses.replace(base_config.render, display_early_stop=early_stop,
-                                                                   display_density_threshold=threshold))
+def set_variant(avatar: Avatar, base_config, early_stop: float, fused: bool) -> None:
+    avatar.config = base_config.replace(render=dataclasses.replace(base_config.render, display_early_stop=early_stop))
     avatar.field.density_net.fused_inference = fused
     avatar.field.color_net.fused_inference = fused
 

@@ -33,12 +33,10 @@ class RenderConfig:
     near_min: float = 0.05
     grid_resolution: int = 128
     density_threshold_ceiling: float = 10.0
-    occupancy_dilation: int = 0  # cells around each occupied cell also marked occupied
     step_growth: float = 1.0 / 128  # dt = clamp(t * step_growth, min_step, max_step)
     max_steps_per_ray: int = 1024
     early_stop_transmittance: float = 1e-4  # training: samples after T falls below this get no gradient
     display_early_stop: float = 1e-2  # inference renders retire a ray below this transmittance (the original's)
-    display_density_threshold: float = 0.0  # inference renders skip cells below this density (0: the training grid's)
 
     def __post_init__(self) -> None:
         if not self.bound > 0 or not self.near_min >= 0:

@@ -23,7 +23,7 @@ class RenderOutput:
 
 def make_occupancy_grid(config: RenderConfig) -> OccupancyGrid:
     return OccupancyGrid(bound=config.bound, resolution=config.grid_resolution,
-                         threshold_ceiling=config.density_threshold_ceiling, dilation=config.occupancy_dilation)
+                         threshold_ceiling=config.density_threshold_ceiling)
 
 
 def render_rays_train(field: BlendShapeField, grid: OccupancyGrid, config: RenderConfig, origins: torch.Tensor,
@@ -48,11 +48,8 @@ def render_rays(field: BlendShapeField, grid: OccupancyGrid, config: RenderConfi
 
     The chunk bounds the loop's sample slots (8 per ray) and so the field's largest batch: 2^21 rays give at
     most 2^24 points, whose widest per-point array (the colour MLP's 80 inputs) stays below the 2^31
-    elements that Taichi's int32 indexing reaches. With ``config.display_density_threshold`` above the
-    grid's own threshold, fainter cells are skipped."""
+    elements that Taichi's int32 indexing reaches."""
     params = MarchParams.from_render_config(config)
-    if config.display_density_threshold > grid.threshold:
-        grid = grid.thresholded(config.display_density_threshold)
 
     def field_fn(points, dirs, frame_index):
         with torch.autocast(points.device.type, dtype=torch.float16, enabled=points.device.type == "cuda"):

@@ -89,7 +89,7 @@ class OccupancyGrid(nn.Module):
     """
 
     def __init__(self, bound: float = 0.06, resolution: int = 128, decay: float = 0.9,
-                 threshold_ceiling: float = 10.0, dilation: int = 0):
+                 threshold_ceiling: float = 10.0):
         super().__init__()
         if resolution < 2 or resolution % 2:
             raise ValueError(f"resolution must be an even number >= 2 (the bitfield packs 8 cells), got {resolution}")
@@ -99,7 +99,6 @@ class OccupancyGrid(nn.Module):
         self.resolution = int(resolution)
         self.decay = float(decay)
         self.threshold_ceiling = float(threshold_ceiling)
-        self.dilation = int(dilation)  # occupied cells also mark their neighbours within this many cells
         cells = resolution ** 3
         self.register_buffer("density", torch.zeros(cells, dtype=torch.float32))
         self.register_buffer("bitfield", torch.full((cells // 8,), 255, dtype=torch.uint8))
@@ -121,15 +120,6 @@ class OccupancyGrid(nn.Module):
     @property
     def occupancy_fraction(self) -> float:
         return float(unpack_bitfield(self.bitfield).float().mean())
-
-    def thresholded(self, threshold: float) -> "OccupancyGrid":
-        """A grid sharing this one's densities whose bitfield marks only cells above ``threshold`` (for renders
-        that may skip faint cells; the training grid is left as it is)."""
-        view = OccupancyGrid(self.bound, self.resolution, self.decay, self.threshold_ceiling, self.dilation)
-        view.density = self.density
-        view.mean = self.mean
-        view.bitfield = pack_bitfield(self._occupancy_measure(), threshold)
-        return view
 
     def occupied(self) -> torch.Tensor:
         """[res^3] bool, the unpacked bitfield."""
@@ -171,16 +161,7 @@ class OccupancyGrid(nn.Module):
             fresh.scatter_reduce_(0, block, best, reduce="amax")
         torch.maximum(self.density * self.decay, fresh, out=self.density)
         self.mean.copy_(self.density.clamp_min(0.0).mean())
-        self.bitfield.copy_(pack_bitfield(self._occupancy_measure(), self.threshold))
-
-    def _occupancy_measure(self) -> torch.Tensor:
-        """The density, or with ``dilation`` its max over each cell's neighbourhood (so a surface can grow
-        into cells marked empty before: they keep receiving samples)."""
-        if self.dilation <= 0:
-            return self.density
-        res, k = self.resolution, 2 * self.dilation + 1
-        cube = self.density.reshape(1, 1, res, res, res)
-        return torch.nn.functional.max_pool3d(cube, k, stride=1, padding=self.dilation).reshape(-1)
+        self.bitfield.copy_(pack_bitfield(self.density, self.threshold))
 
     def _cells_to_evaluate(self, step: int, warmup_steps: int, generator: torch.Generator | None) -> torch.Tensor:
         device = self.density.device

@@ -98,32 +98,3 @@ def test_state_dict_round_trip():
     copy.load_state_dict(grid.state_dict())
     assert torch.equal(copy.bitfield, grid.bitfield) and copy.threshold == grid.threshold
     assert set(grid.state_dict()) == {"density", "bitfield", "mean"}
-
-
-def test_dilation_marks_the_neighbours_of_occupied_cells():
-    def one_cell(points, frame_index, coeffs):  # dense only in the cell at index (5, 6, 7), none elsewhere
-        cell = ((points + BOUND) / (2 * BOUND) * RES).floor().long()
-        return 50.0 * (cell == torch.tensor([5, 6, 7])).all(dim=1).float()
-
-    marked = {}
-    for dilation in (0, 1):
-        grid = OccupancyGrid(bound=BOUND, resolution=RES, dilation=dilation)
-        grid.update(one_cell, torch.zeros(1, 2), step=0, generator=torch.Generator().manual_seed(0))
-        marked[dilation] = grid.occupied().reshape(RES, RES, RES)  # [z, y, x]
-    assert marked[0].sum() == 1 and marked[0][7, 6, 5]
-    assert marked[1].sum() == 27 and marked[1][6:9, 5:8, 4:7].all()
-    assert grid.density.count_nonzero() == 1  # the densities themselves are not dilated
-
-
-def test_thresholded_view_marks_only_denser_cells_and_leaves_the_grid_alone():
-    def ramp(points, frame_index, coeffs):  # density grows along x: 0 at the left face, 100 at the right
-        return 100.0 * (points[:, 0] + BOUND) / (2 * BOUND)
-
-    grid = OccupancyGrid(bound=BOUND, resolution=RES)
-    grid.update(ramp, torch.zeros(1, 2), step=0, generator=torch.Generator().manual_seed(0))
-    before = grid.bitfield.clone()
-    view = grid.thresholded(75.0)
-    x = torch.arange(RES).repeat(RES * RES)  # cell index -> x
-    assert view.occupied()[x >= RES * 3 // 4 + 1].all() and not view.occupied()[x < RES * 3 // 4].any()
-    assert torch.equal(grid.bitfield, before) and grid.occupied().sum() > view.occupied().sum()
-    assert view.density is grid.density
