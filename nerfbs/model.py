@@ -56,9 +56,9 @@ class BlendShapeField(nn.Module):
         self.bound = float(bound)
         self.encoder = BlendedHashGrid(config.grid, init_scale=config.table_init)
         self.density_net = MLP(config.grid.output_dim, config.density_hidden, config.density_layers,
-                                1 + config.geo_features)
+                               1 + config.geo_features)
         self.color_net = MLP(config.sh_degree ** 2 + config.geo_features, config.color_hidden,
-                              config.color_layers, 3)
+                             config.color_layers, 3)
 
     @property
     def num_bases(self) -> int:
@@ -66,7 +66,7 @@ class BlendShapeField(nn.Module):
 
     def _geometry(self, points: torch.Tensor, frame_index: torch.Tensor, coeffs: torch.Tensor):
         unit = (points + self.bound) / (2.0 * self.bound)  # [N, 3] in [0, 1]^3 inside the box
-        features = self.encoder(unit, frame_index, coeffs)  # [N, L*C] float32
+        features = self.encoder(unit, frame_index, coeffs)  # [N, L*C] (float16 in inference under autocast)
         h = self.density_net(features)  # [N, 1 + G]: raw density, geometry features
         sigma = F.softplus(h[:, 0].float())  # [N]
         return sigma, h
