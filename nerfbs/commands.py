@@ -43,8 +43,9 @@ def _lpips_loader(device):
     return load
 
 
-def train_and_report(config: Config, workspace_dir: Path, *, resume: bool) -> dict:
-    """``nerfbs train``: load, train with a live progress bar, evaluate the held-out frames, print a table."""
+def train_and_report(config: Config, workspace_dir: Path, *, resume: bool, print_table: bool = True) -> dict:
+    """``nerfbs train``: load, train with a live progress bar, evaluate the held-out frames, print a table
+    (unless the caller prints it later: ``nerfbs demo`` ends with it)."""
     from nerfbs import checkpoint as ckpt
     from nerfbs import train
     from taichi_kernels import runtime
@@ -79,10 +80,10 @@ def train_and_report(config: Config, workspace_dir: Path, *, resume: bool) -> di
             console.print(f"interrupted: saved {ws.latest} (resume with --resume)")
             raise
     console.print(f"trained {run.step} steps in {run.elapsed / 60:.1f} min; checkpoint {ws.latest}")
-    return evaluate_run(run, ws.root / "eval")
+    return evaluate_run(run, ws.root / "eval", print_table=print_table)
 
 
-def evaluate_run(run, out_dir: Path) -> dict:
+def evaluate_run(run, out_dir: Path, *, print_table: bool = True) -> dict:
     """Score every held-out frame of a training run and print the table."""
     from nerfbs import evaluate, train
 
@@ -97,6 +98,7 @@ def evaluate_run(run, out_dir: Path) -> dict:
             frames, run.subject.face_rects, run.subject.mouth_rects, lpips_model,
             progress=lambda done, total: update(done, total), keep_worst=4)
     paths = evaluate.write_report(result, out_dir, worst)
-    console.print(result.markdown())
+    if print_table:
+        console.print(result.markdown())
     console.print(f"evaluated {len(frames)} frames in {time.perf_counter() - t0:.1f} s: {paths['markdown']}")
     return result.to_json()

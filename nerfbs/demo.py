@@ -127,7 +127,7 @@ def run_demo(out: Path, *, minutes: float = 10.0, frames: int = 0, size: int = 0
     config = config.replace(data=DataConfig(subject=str(subject_dir.resolve()), test_last=spec.test_last),
                             train=train_cfg)
     workspace = out / "run"
-    metrics = commands.train_and_report(config, workspace, resume=False)
+    metrics = commands.train_and_report(config, workspace, resume=False, print_table=False)
 
     checkpoint = workspace / "checkpoints" / "latest.pth"
     avatar = load_avatar(checkpoint, device)
