@@ -74,9 +74,11 @@ def train(
     validate_every: int = typer.Option(1000, help="Render a held-out frame every N steps."),
     checkpoint_every: int = typer.Option(5000, help="Keep a checkpoint every N steps."),
     seed: int = typer.Option(0, help="Random seed."),
+    model: str = typer.Option("original", help="Field size: original (the paper's: 47 x 16-level hash grids, 46 M "
+                                               "parameters) or small (8 levels, small MLPs: minutes on a CPU)."),
 ) -> None:
     """Train an avatar from a subject folder."""
-    from nerfbs.config import Config, DataConfig, TrainConfig
+    from nerfbs.config import SMALL_MODEL, SMALL_RENDER, Config, DataConfig, TrainConfig
     from nerfbs.data import resolve_subject_path
     from nerfbs import commands
 
@@ -91,6 +93,8 @@ def train(
     if mouth_rays is not None:
         _check_range("--mouth-rays", mouth_rays, 0.0, defaults.face_ray_fraction if face_sampling else 0.0)
     _check_range("--checkpoint-every", checkpoint_every, 1)
+    if model not in ("original", "small"):
+        raise UserError(f"--model {model}: use original or small")
     path = resolve_subject_path(subject).resolve()
     config = Config(
         data=DataConfig(subject=str(path), test_last=test_last, stream_from_disk=stream, neutral_only=neutral_only),
@@ -103,6 +107,8 @@ def train(
                           table_l1_weight=defaults.table_l1_weight if table_l1 else 0.0,
                           mixed_precision=mixed_precision, validate_every=validate_every,
                           checkpoint_every=checkpoint_every, seed=seed))
+    if model == "small":
+        config = config.replace(model=SMALL_MODEL, render=SMALL_RENDER)
     commands.train_and_report(config, workspace or Path("runs") / path.name, resume=resume)
 
 

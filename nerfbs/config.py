@@ -53,6 +53,15 @@ class RenderConfig:
         return 2.0 * self.bound / (self.grid_resolution - 1)
 
 
+# A CPU-sized field (``nerfbs train --model small``, and ``nerfbs demo`` on a CPU): 8 levels x 2 features up to
+# resolution 256, small MLPs and a 32^3 occupancy grid. The original's recipe needs seconds per step on a CPU.
+SMALL_MODEL = ModelConfig(grid=GridConfig(num_levels=8, features_per_level=2, base_resolution=16, finest_resolution=256,
+                                          log2_table_size=14),
+                          density_hidden=32, density_layers=2, geo_features=15, color_hidden=32, color_layers=1,
+                          sh_degree=3)
+SMALL_RENDER = RenderConfig(grid_resolution=32)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     subject: str = ""

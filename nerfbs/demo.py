@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-from nerfbs.config import Config, DataConfig, ModelConfig, RenderConfig, TrainConfig
+from nerfbs.config import SMALL_MODEL, SMALL_RENDER, Config, DataConfig, TrainConfig
 from nerfbs.errors import UserError
-from taichi_kernels.grid_layout import GridConfig
 
 RESERVE_FRACTION = 0.15  # of the budget kept for evaluation, rendering and encoding after training
 MIN_TRAIN_SECONDS = 10.0
@@ -48,11 +47,8 @@ def demo_config(device: torch.device) -> Config:
     if device.type == "cuda":
         return Config(train=TrainConfig(steps=30000, **no_checkpoints))
     return Config(
-        model=ModelConfig(grid=GridConfig(num_levels=8, features_per_level=2, base_resolution=16,
-                                          finest_resolution=256, log2_table_size=14),
-                          density_hidden=32, density_layers=2, geo_features=15, color_hidden=32, color_layers=1,
-                          sh_degree=3),
-        render=RenderConfig(grid_resolution=32),
+        model=SMALL_MODEL,
+        render=SMALL_RENDER,
         train=TrainConfig(steps=100000, rays_per_image=1024, images_per_step=2, lr=5e-3, mask_loss_steps=300,
                           use_lpips=False, lpips_from_step=10 ** 9, occupancy_warmup_steps=64, **no_checkpoints))
 

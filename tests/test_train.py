@@ -77,3 +77,13 @@ def test_bad_training_input_is_one_line(tiny_run, tmp_path):
     assert "latest.pth: not a readable checkpoint" in message
     message = one_line_error(invoke("train", tiny_run.subject, "--workspace", tiny_run.workspace, "--test-last", 2))
     assert "already holds a run" in message
+    assert "--model huge: use original or small" in one_line_error(invoke("train", tiny_run.subject, "--model", "huge"))
+
+
+def test_small_model_option_trains_the_cpu_sized_field(tiny_run, tmp_path):
+    ws = tmp_path / "small"
+    result = invoke("train", tiny_run.subject, "--model", "small", "--steps", 3, "--test-last", 2, "--no-lpips",
+                    "--workspace", ws)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((ws / "config.json").read_text())
+    assert saved["model"]["grid"]["num_levels"] == 8 and saved["render"]["grid_resolution"] == 32
