@@ -32,10 +32,15 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def render(run: train.TrainRun, frame: int):
+    """(prediction, truth) of one frame of the run (or of an ``Avatar``: the same field names)."""
+    return train.render_frame(run.field, run.grid, run.config, run.sampler, run.subject.coeffs, frame)
+
+
 def score_held_out(run: train.TrainRun) -> dict:
     frames = [int(i) for i in run.subject.test_indices]
     result, _ = evaluate.evaluate_frames(
-        lambda f: train.render_frame(run.field, run.grid, run.config, run.sampler, run.subject.coeffs, f),
+        lambda f: render(run, f),
         frames, run.subject.face_rects, run.subject.mouth_rects, None)
     return result.mean()
 
@@ -46,7 +51,7 @@ def write_sheet(run: train.TrainRun, path: Path, count: int = 4) -> None:
 
     test = [int(i) for i in run.subject.test_indices]
     picks = [test[i * (len(test) - 1) // max(count - 1, 1)] for i in range(count)]
-    rows = [error_grid(*train.render_frame(run.field, run.grid, run.config, run.sampler, run.subject.coeffs, f))
+    rows = [error_grid(*render(run, f))
             for f in picks]
     write_png(path, np.concatenate(rows, axis=0))
 
@@ -121,7 +126,7 @@ def mouth_diagnosis(run: train.TrainRun, train_frames: int = 40) -> dict:
     coefficients: tells under-fitting (low on training frames too) from poor generalisation."""
     def rows(frames):
         result, _ = evaluate.evaluate_frames(
-            lambda f: train.render_frame(run.field, run.grid, run.config, run.sampler, run.subject.coeffs, f),
+            lambda f: render(run, f),
             frames, run.subject.face_rects, run.subject.mouth_rects, None)
         return [{"frame": r["frame"], "mouth": r["mouth"]["psnr"], "face": r["face"]["psnr"], "full": r["full"]["psnr"],
                  "coeffs": [round(float(c), 3) for c in run.subject.coeffs[r["frame"], 1:].tolist()]} for r in result.rows]
@@ -142,7 +147,7 @@ def write_mouth_sheet(run: train.TrainRun, path: Path, count: int = 6, zoom: int
     picks = [test[i * (len(test) - 1) // max(count - 1, 1)] for i in range(count)]
     rows = []
     for f in picks:
-        pred, truth = train.render_frame(run.field, run.grid, run.config, run.sampler, run.subject.coeffs, f)
+        pred, truth = render(run, f)
         x0, y0, x1, y1 = (int(v) for v in run.subject.mouth_rects[f])
         pad = 12
         h, w = pred.shape[:2]

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.rendering import _median_ms as timed, _sync as sync  # noqa: E402  (median ms after a warm-up)
 from nerfbs import evaluate, train  # noqa: E402
 from nerfbs.avatar import Avatar, load_avatar  # noqa: E402
 from nerfbs.camera import pixel_rays  # noqa: E402
@@ -39,11 +40,6 @@ VARIANTS = {  # name: (display_early_stop, fused MLP layers)
 }
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def set_variant(avatar: Avatar, base_config, early_stop: float, fused: bool) -> None:
     avatar.config = base_config.replace(render=dataclasses.replace(base_config.render, display_early_stop=early_stop))
     avatar.field.density_net.fused_inference = fused
@@ -55,19 +51,6 @@ def quality(avatar: Avatar, frames: list[int]) -> dict:
         lambda f: train.render_frame(avatar.field, avatar.grid, avatar.config, avatar.sampler, avatar.subject.coeffs, f),
         frames, avatar.subject.face_rects, avatar.subject.mouth_rects, None)
     return {region: round(v["psnr"], 3) for region, v in result.mean().items()}
-
-
-def timed(fn, repeats: int = 10) -> float:
-    """Median milliseconds of fn() after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1000)
-    return sorted(times)[len(times) // 2]
 
 
 def where_time_goes(avatar: Avatar, job, batch: int) -> dict:
