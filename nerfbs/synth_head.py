@@ -160,8 +160,13 @@ def round_box(x, y, z, c, half, r: float) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ parts
+SIDE_BLEND = 0.06  # half-width of the band about the midline where a left/right control crosses over
+
+
 def _side(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    return torch.where(x > 0, left, right)
+    """The left control on the subject's left (x > 0), the right one on the right, blended smoothly across the
+    midline (a face deforms continuously: a hard switch would cut a step into the lips)."""
+    return right + (left - right) * smoothstep(-SIDE_BLEND, SIDE_BLEND, x)
 
 
 def jaw_weight(x, y, z) -> torch.Tensor:
@@ -221,8 +226,13 @@ def parts(p: torch.Tensor, g: Rig) -> dict[str, torch.Tensor]:
     d = smin(d, lips, 0.04)
     top = MOUTH_Y + 0.6 * up
     bottom = MOUTH_Y + g.jaw_dy * 0.85 - 0.8 * down
-    half = ((top - bottom) / 2).clamp_min(0.004)
-    cavity = ellipsoid(u, my, z, (0, (top + bottom) / 2, 0.66), (0.15 * (1 - 0.35 * g.funnel), half, 0.3))
+    opening = (top - bottom) / 2
+    half = opening.clamp_min(0.004)
+    middle = (top + bottom) / 2
+    cavity = ellipsoid(u, my, z, (0, middle, 0.66), (0.15 * (1 - 0.35 * g.funnel), half, 0.3))
+    # the approximate ellipsoid distance is far too deep inside so flat an ellipsoid: bound it by the slab's;
+    # a closed mouth then has no cavity at all (shrunk away: else a sliver of it is carved and painted dark)
+    cavity = torch.maximum(cavity, (my - middle).abs() - half) + (0.012 - opening).clamp_min(0)
     d = smax(d, -cavity, 0.012)
     teeth = torch.minimum(round_box(u, my, z, (0, MOUTH_Y - 0.01, 0.72), (0.12, 0.025, 0.04), 0.012),
                           round_box(uq, mqy, qz, (0, MOUTH_Y - 0.06, 0.7), (0.11, 0.022, 0.04), 0.012))
@@ -238,7 +248,7 @@ def parts(p: torch.Tensor, g: Rig) -> dict[str, torch.Tensor]:
     cut_low = ey * torch.cos(a_low) - ez * torch.sin(a_low)  # < 0 below the lower lid's edge
     lids = torch.maximum(shell, torch.minimum(cut_up, cut_low))
     d = torch.minimum(d, torch.minimum(eyeball, lids))
-    return {"all": d, "hair": hair, "brow": brow, "lips": lips, "cavity": cavity, "teeth": teeth,
+    return {"all": d, "hair": hair, "brow": brow, "lips": lips, "cavity": cavity, "opening": opening, "teeth": teeth,
             "tongue": tongue, "eyeball": eyeball, "lids": lids, "lid_edge": torch.minimum(cut_up.abs(), cut_low.abs()),
             "ear": ear, "neck": neck}
 
@@ -290,7 +300,8 @@ def albedo(p: torch.Tensor, g: Rig, footprint: torch.Tensor) -> tuple[torch.Tens
     col = mix(col, [0.16, 0.1, 0.07], on(pt["brow"], 0.015))
     lip_col = torch.tensor([0.74, 0.33, 0.36], dtype=p.dtype, device=p.device) * (1 - 0.35 * g.press)[:, None]
     col = mix(col, lip_col, on(pt["lips"], 0.012) * smoothstep(0.3, 0.2, ax))
-    col = mix(col, [0.24, 0.05, 0.06], on(pt["cavity"].abs(), 0.01) * smoothstep(0.9, 0.7, z))
+    col = mix(col, [0.24, 0.05, 0.06], on(pt["cavity"].abs(), 0.01) * smoothstep(0.9, 0.7, z)
+              * smoothstep(0.004, 0.016, pt["opening"]))
     col = mix(col, [0.78, 0.38, 0.42], on(pt["tongue"]))
     col = mix(col, [0.95, 0.93, 0.86], on(pt["teeth"]))
     # eyeball: white, iris and pupil by the angle to the gaze direction

@@ -4,6 +4,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from nerfbs.data import load_subject
 from nerfbs.errors import UserError
@@ -119,3 +120,40 @@ def test_preview(subject_dir, tmp_path):
     out = write_preview(subject_dir, tmp_path / "p.png", frames=3, tile=64)
     sheet = cv2.imread(str(out))
     assert sheet.shape == (3 * 64, 3 * 64, 3)
+
+
+def _rig(**controls):
+    from nerfbs.synth_head import CONTROL_INDEX, CONTROLS, make_rig
+
+    c = torch.zeros(1, len(CONTROLS), dtype=torch.float64)
+    for name, value in controls.items():
+        c[0, CONTROL_INDEX[name]] = value
+    return make_rig(c)
+
+
+def test_one_sided_expressions_deform_the_lips_continuously():
+    """A left-only control must not cut a step into the face at the midline."""
+    from nerfbs.synth_head import MOUTH_Y, sdf
+
+    rig = _rig(upper_up_L=1.0, lower_down_L=1.0, press_L=1.0, smile_L=1.0, width_L=1.0)
+    y = torch.linspace(MOUTH_Y - 0.15, MOUTH_Y + 0.15, 61, dtype=torch.float64)
+    z = torch.linspace(0.7, 0.95, 26, dtype=torch.float64)
+    yy, zz = torch.meshgrid(y, z, indexing="ij")
+    side = lambda x: torch.stack([torch.full_like(yy, x), yy, zz], -1).reshape(-1, 3)
+    rig = rig.take(torch.zeros(yy.numel(), dtype=torch.long))
+    step = (sdf(side(1e-6), rig) - sdf(side(-1e-6), rig)).abs().max()  # float64: a continuous sdf moves ~1e-5
+    assert float(step) < 1e-4
+
+
+def test_a_closed_mouth_has_no_cavity():
+    """No sliver of the mouth cavity is carved (or painted dark) when the lips are together."""
+    from nerfbs.synth_head import MOUTH_Y, parts
+
+    x = torch.linspace(-0.4, 0.4, 81, dtype=torch.float64)
+    y = torch.linspace(MOUTH_Y - 0.05, MOUTH_Y + 0.05, 41, dtype=torch.float64)
+    z = torch.linspace(0.6, 1.0, 41, dtype=torch.float64)
+    p = torch.stack(torch.meshgrid(x, y, z, indexing="ij"), -1).reshape(-1, 3)
+    closed = parts(p, _rig(smile_L=1.0, pucker=0.5).take(torch.zeros(p.shape[0], dtype=torch.long)))
+    assert float(closed["cavity"].min()) > 0.005 and float(closed["opening"].max()) <= 0
+    opened = parts(p, _rig(jaw_open=1.0).take(torch.zeros(p.shape[0], dtype=torch.long)))
+    assert float(opened["cavity"].min()) < 0  # an open mouth still has its cavity
