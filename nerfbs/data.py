@@ -350,16 +350,20 @@ class RaySampler:
         self.background = s.background.to(self.device)
         self.rects = {"face": s.face_rects.to(self.device), "mouth": s.mouth_rects.to(self.device),
                       "eye": s.eye_rects.to(self.device)}
+        self.whole_image = torch.tensor([0, 0, s.width, s.height], device=self.device, dtype=torch.int32)
 
     def _rand(self, shape, generator: torch.Generator | None) -> torch.Tensor:
         dev = generator.device if generator is not None else self.device
         return torch.rand(shape, generator=generator, device=dev).to(self.device)
 
     def _batch(self, frames: torch.Tensor, slot: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-               image_shape: tuple[int, int] | None = None) -> RayBatch:
-        """Targets and rays of pixels (u, v) [R] of frames[slot] (frames [B] long, slot [R] long)."""
+               image_shape: tuple[int, int] | None = None, *, train_frames: bool = False) -> RayBatch:
+        """Targets and rays of pixels (u, v) [R] of frames[slot] (frames [B] long, slot [R] long).
+
+        ``train_frames``: the caller guarantees every frame is a training frame, so the in-memory images serve
+        without the check (a host sync on the GPU)."""
         s = self.subject
-        if s.images is not None and bool((frames < s.num_train).all()):
+        if s.images is not None and (train_frames or bool((frames < s.num_train).all())):
             fi = frames.to(s.images.device)[slot.to(s.images.device)]
             uu, vv = u.to(s.images.device), v.to(s.images.device)
             rgb, mask = s.images[fi, vv, uu].to(self.device), s.masks[fi, vv, uu].to(self.device)
@@ -372,46 +376,55 @@ class RaySampler:
                         rgb=rgb.float() / 255.0, mask=mask.float(), background=self.background[v, u].float() / 255.0,
                         pixels=torch.stack([u, v], -1), image_shape=image_shape)
 
+    def _frames(self, frame_indices, train_frames: bool) -> torch.Tensor:
+        """Frame indices as a long [B] tensor on the device; checked against the subject unless the caller
+        guarantees training frames (the training loop's own draws: checking them would sync with the GPU)."""
+        frames = torch.as_tensor(frame_indices).long().reshape(-1)
+        if not train_frames and frames.numel():
+            lo, hi = int(frames.min()), int(frames.max())
+            if lo < 0 or hi >= self.subject.num_frames:
+                raise ValueError(f"sample: frame indices must lie in [0, {self.subject.num_frames})")
+        return frames.to(self.device)
+
     def sample(self, frame_indices: torch.Tensor, rays_per_image: int, face_fraction: float = 0.9,
-               generator: torch.Generator | None = None, mouth_fraction: float = 0.0) -> RayBatch:
+               generator: torch.Generator | None = None, mouth_fraction: float = 0.0, *,
+               train_frames: bool = False) -> RayBatch:
         """``rays_per_image`` random pixels from each of the B frames: round(face_fraction x R) inside the
         frame's face rectangle (of which round(mouth_fraction x R) inside its mouth rectangle), the rest
-        anywhere. Rays are grouped by frame (slot b owns rays [b R, (b+1) R))."""
-        s = self.subject
-        frames = torch.as_tensor(frame_indices, device=self.device).long().reshape(-1)
-        if frames.numel() and (int(frames.min()) < 0 or int(frames.max()) >= s.num_frames):
-            raise ValueError(f"sample: frame indices must lie in [0, {s.num_frames})")
+        anywhere. Rays are grouped by frame (slot b owns rays [b R, (b+1) R)). ``train_frames``: the caller
+        guarantees the indices are training frames already on the device (no host sync: see ``_frames``)."""
+        frames = self._frames(frame_indices, train_frames)
         b, r = frames.numel(), int(rays_per_image)
         n_face = int(round(r * face_fraction))
         n_mouth = min(int(round(r * mouth_fraction)), n_face)
-        whole = torch.tensor([0, 0, s.width, s.height], device=self.device, dtype=torch.int32)
         rect = torch.cat([self.rects["mouth"][frames][:, None].expand(b, n_mouth, 4),
                           self.rects["face"][frames][:, None].expand(b, n_face - n_mouth, 4),
-                          whole.expand(b, r - n_face, 4)], 1).reshape(-1, 4).long()  # [B R, 4]
+                          self.whole_image.expand(b, r - n_face, 4)], 1).reshape(-1, 4).long()  # [B R, 4]
         lo, hi = rect[:, :2], rect[:, 2:]
         uv = lo + (self._rand((b * r, 2), generator) * (hi - lo)).long()
         uv = torch.minimum(uv, hi - 1)
         slot = torch.arange(b, device=self.device).repeat_interleave(r)
-        return self._batch(frames, slot, uv[:, 0], uv[:, 1])
+        return self._batch(frames, slot, uv[:, 0], uv[:, 1], train_frames=train_frames)
 
-    def sample_patch(self, frame_index: int, rect: str = "mouth", size: int = 32,
-                     generator: torch.Generator | None = None) -> RayBatch:
+    def sample_patch(self, frame_index: int | torch.Tensor, rect: str = "mouth", size: int = 32,
+                     generator: torch.Generator | None = None, *, train_frames: bool = False) -> RayBatch:
         """A size x size pixel patch of one frame placed at random over its ``rect`` ("mouth", "face" or
-        "eye") rectangle, kept inside the image; rays in row-major order (R = size * size)."""
+        "eye") rectangle, kept inside the image; rays in row-major order (R = size * size). Computed on the
+        device throughout (no host sync given ``train_frames``, as ``sample``)."""
         s = self.subject
         if rect not in self.rects:
             raise ValueError(f"sample_patch: rect must be one of {sorted(self.rects)}, got {rect!r}")
         if size > min(s.width, s.height):
             raise ValueError(f"sample_patch: a {size}px patch does not fit a {s.width}x{s.height} image")
-        x0, y0, x1, y1 = self.rects[rect][frame_index].tolist()
-        span = torch.tensor([max(x1 - size, x0) - x0 + 1, max(y1 - size, y0) - y0 + 1], device=self.device)
-        start = torch.tensor([x0, y0], device=self.device) + (self._rand(2, generator) * span).long()
-        start = torch.minimum(start, torch.tensor([s.width - size, s.height - size], device=self.device))
+        frames = self._frames(frame_index, train_frames)[:1]
+        lo, hi = self.rects[rect][frames[0]].long().view(2, 2)  # (x0, y0), (x1, y1)
+        span = torch.maximum(hi - size, lo) - lo + 1
+        start = lo + (self._rand(2, generator) * span).long()
+        x0, y0 = start[0].clamp(max=s.width - size), start[1].clamp(max=s.height - size)
         ar = torch.arange(size, device=self.device)
-        v, u = torch.meshgrid(start[1] + ar, start[0] + ar, indexing="ij")
-        frames = torch.tensor([frame_index], device=self.device)
+        v, u = torch.meshgrid(y0 + ar, x0 + ar, indexing="ij")
         slot = torch.zeros(size * size, dtype=torch.long, device=self.device)
-        return self._batch(frames, slot, u.reshape(-1), v.reshape(-1), (size, size))
+        return self._batch(frames, slot, u.reshape(-1), v.reshape(-1), (size, size), train_frames=train_frames)
 
     def full_image(self, frame_index: int, downscale: int = 1) -> RayBatch:
         """Every ``downscale``-th pixel of one frame in both directions, row-major; image_shape gives the grid."""

@@ -106,7 +106,7 @@ def train_step(run: TrainRun) -> dict[str, float]:
                          warmup_steps=cfg.occupancy_warmup_steps, generator=run.generator)
     frames = torch.randint(0, subject.num_train, (cfg.images_per_step,), device=run.device, generator=run.generator)
     rays = run.sampler.sample(frames, cfg.rays_per_image, face_fraction=cfg.face_ray_fraction,
-                              mouth_fraction=cfg.mouth_ray_fraction, generator=run.generator)
+                              mouth_fraction=cfg.mouth_ray_fraction, generator=run.generator, train_frames=True)
     coeffs = subject.coeffs[frames]  # [B, K]
     lr = learning_rate(cfg, training_fraction(cfg, step, run.elapsed))
     for group in run.optimizer.param_groups:
@@ -138,12 +138,11 @@ def train_step(run: TrainRun) -> dict[str, float]:
     run.step += 1
 
     mse = F.mse_loss(out.rgb.detach().float(), rays.rgb)
-    figures.update(loss=loss, psnr=-10.0 * torch.log10(mse.clamp_min(1e-10)))
-    # one device-to-host copy for all figures (a sync per figure would stall the launch queue seven times)
+    figures.update(loss=loss, psnr=-10.0 * torch.log10(mse.clamp_min(1e-10)), occupancy=run.grid.occupied_share())
+    # one device-to-host copy for all figures (a sync per figure would stall the launch queue each time)
     values = torch.stack([v.detach().float().reshape(()) for v in figures.values()]).tolist()
     result = dict(zip(figures.keys(), values))
-    result.update(lr=lr, samples_per_ray=out.num_samples / max(rays.origins.shape[0], 1),
-                  occupancy=float(run.grid.occupancy_fraction))
+    result.update(lr=lr, samples_per_ray=out.num_samples / max(rays.origins.shape[0], 1))
     return result
 
 
@@ -151,7 +150,7 @@ def _patch_loss(run: TrainRun, frame: torch.Tensor, rect: str) -> torch.Tensor:
     """LPIPS (+ 0.1 x L1) on a rendered 32x32 patch inside the mouth or face rectangle, weighted as the original."""
     cfg = run.config.train
     p = cfg.lpips_patch
-    rays = run.sampler.sample_patch(int(frame), rect, size=p, generator=run.generator)
+    rays = run.sampler.sample_patch(frame, rect, size=p, generator=run.generator, train_frames=True)
     coeffs = run.subject.coeffs[frame].unsqueeze(0)
     out = render_rays_train(run.field, run.grid, run.config.render, rays.origins, rays.directions, rays.frame_slot,
                             coeffs, rays.background, generator=run.generator)

@@ -119,7 +119,11 @@ class OccupancyGrid(nn.Module):
 
     @property
     def occupancy_fraction(self) -> float:
-        return float(unpack_bitfield(self.bitfield).float().mean())
+        return float(self.occupied_share())
+
+    def occupied_share(self) -> torch.Tensor:
+        """The share of occupied cells as a 0-d tensor on the grid's device (read it without a host sync)."""
+        return unpack_bitfield(self.bitfield).float().mean()
 
     def occupied(self) -> torch.Tensor:
         """[res^3] bool, the unpacked bitfield."""
