@@ -85,7 +85,6 @@ class TrainConfig:
     mask_loss_steps: int = 4000
     mask_loss_weight: float = 1.0
     table_l1_weight: float = 1.0
-    coeff_noise: float = 0.0  # std of Gaussian noise added to the 46 expression coefficients of each training ray batch
     lpips_from_step: int = 20000
     lpips_weight: float = 0.1
     lpips_patch: int = 32

@@ -107,7 +107,7 @@ def train_step(run: TrainRun) -> dict[str, float]:
     frames = torch.randint(0, subject.num_train, (cfg.images_per_step,), device=run.device, generator=run.generator)
     rays = run.sampler.sample(frames, cfg.rays_per_image, face_fraction=cfg.face_ray_fraction,
                               mouth_fraction=cfg.mouth_ray_fraction, generator=run.generator, train_frames=True)
-    coeffs = _jittered(run, subject.coeffs[frames])  # [B, K]
+    coeffs = subject.coeffs[frames]  # [B, K]
     lr = learning_rate(cfg, training_fraction(cfg, step, run.elapsed))
     for group in run.optimizer.param_groups:
         group["lr"] = lr
@@ -146,24 +146,12 @@ def train_step(run: TrainRun) -> dict[str, float]:
     return result
 
 
-def _jittered(run: TrainRun, coeffs: torch.Tensor) -> torch.Tensor:
-    """The training frames' coefficients [B, K] plus Gaussian noise on the expression columns, its std
-    ``coeff_noise`` times each coefficient's training range (not on the neutral column, and not in the
-    neutral-only ablation, whose coefficients stay fixed)."""
-    sigma = run.config.train.coeff_noise
-    if sigma <= 0 or run.config.data.neutral_only:
-        return coeffs
-    spread = (run.subject.coeff_max - run.subject.coeff_min) * sigma  # [K - 1]
-    noise = torch.randn(coeffs[:, 1:].shape, device=coeffs.device, generator=run.generator) * spread
-    return torch.cat([coeffs[:, :1], coeffs[:, 1:] + noise], 1)
-
-
 def _patch_loss(run: TrainRun, frame: torch.Tensor, rect: str) -> torch.Tensor:
     """LPIPS (+ 0.1 x L1) on a rendered 32x32 patch inside the mouth or face rectangle, weighted as the original."""
     cfg = run.config.train
     p = cfg.lpips_patch
     rays = run.sampler.sample_patch(frame, rect, size=p, generator=run.generator, train_frames=True)
-    coeffs = _jittered(run, run.subject.coeffs[frame].unsqueeze(0))
+    coeffs = run.subject.coeffs[frame].unsqueeze(0)
     out = render_rays_train(run.field, run.grid, run.config.render, rays.origins, rays.directions, rays.frame_slot,
                             coeffs, rays.background, generator=run.generator)
     pred = out.rgb.float().reshape(1, p, p, 3).permute(0, 3, 1, 2)
