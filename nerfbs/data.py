@@ -383,7 +383,7 @@ class RaySampler:
         if not train_frames and frames.numel():
             lo, hi = int(frames.min()), int(frames.max())
             if lo < 0 or hi >= self.subject.num_frames:
-                raise ValueError(f"sample: frame indices must lie in [0, {self.subject.num_frames})")
+                raise ValueError(f"frame indices must lie in [0, {self.subject.num_frames})")
         return frames.to(self.device)
 
     def sample(self, frame_indices: torch.Tensor, rays_per_image: int, face_fraction: float = 0.9,

@@ -184,7 +184,8 @@ def _mouth_frame(x, y, z, g: Rig):
 
 
 def parts(p: torch.Tensor, g: Rig) -> dict[str, torch.Tensor]:
-    """Signed distances [N] of the head's named parts at design points p [N, 3]; 'all' is the surface."""
+    """Signed distances [N] of the head's named parts at design points p [N, 3]; 'all' is the surface.
+    Also 'opening', the mouth's half-height [N] (<= 0 when the lips are together)."""
     x, y, z = p.unbind(-1)
     ax = x.abs()
     w = jaw_weight(x, y, z)

@@ -228,3 +228,22 @@ def test_resolve_subject_path(tmp_path, monkeypatch, subject_dir):
     assert resolve_subject_path(subject_dir) == subject_dir
     with pytest.raises(UserError, match="nope"):
         resolve_subject_path("nope")
+
+
+def test_training_draws_match_the_checked_ones(subject):
+    """The training loop's sync-free path (``train_frames``) draws exactly what the checked path draws."""
+    sampler = RaySampler(subject)
+    frames = torch.tensor([1, 4])
+    checked = sampler.sample(frames, 64, generator=torch.Generator().manual_seed(3))
+    trusted = sampler.sample(frames, 64, generator=torch.Generator().manual_seed(3), train_frames=True)
+    patch = sampler.sample_patch(4, "mouth", size=16, generator=torch.Generator().manual_seed(4))
+    trusted_patch = sampler.sample_patch(torch.tensor(4), "mouth", size=16, generator=torch.Generator().manual_seed(4),
+                                         train_frames=True)
+    for a, b in ((checked, trusted), (patch, trusted_patch)):
+        torch.testing.assert_close(a.pixels, b.pixels)
+        torch.testing.assert_close(a.rgb, b.rgb)
+        torch.testing.assert_close(a.origins, b.origins)
+    with pytest.raises(ValueError, match="frame indices"):
+        sampler.sample(torch.tensor([FRAMES]), 8)
+    with pytest.raises(ValueError, match="frame indices"):
+        sampler.sample_patch(-1, "mouth", size=16)
