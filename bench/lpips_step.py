@@ -19,15 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.rendering import _sync as sync  # noqa: E402
 from nerfbs import perceptual, train  # noqa: E402
 from nerfbs.config import Config, DataConfig, TrainConfig  # noqa: E402
 from nerfbs.workspace import Workspace  # noqa: E402
 from taichi_kernels import runtime  # noqa: E402
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def mean_step_ms(run: train.TrainRun, steps: int) -> float:

@@ -51,8 +51,7 @@ def write_sheet(run: train.TrainRun, path: Path, count: int = 4) -> None:
 
     test = [int(i) for i in run.subject.test_indices]
     picks = [test[i * (len(test) - 1) // max(count - 1, 1)] for i in range(count)]
-    rows = [error_grid(*render(run, f))
-            for f in picks]
+    rows = [error_grid(*render(run, f)) for f in picks]
     write_png(path, np.concatenate(rows, axis=0))
 
 
