@@ -68,6 +68,7 @@ def train(
     mouth_rays: Optional[float] = typer.Option(None, help="Share of rays drawn inside the mouth rectangle (out of "
                                                           "the face share) [default: the recipe's]."),
     table_l1: bool = typer.Option(True, help="L1 penalty on the non-neutral tables."),
+    distortion: float = typer.Option(0.0, help="Weight of mip-NeRF 360's distortion loss (0: off, as the original)."),
     mixed_precision: bool = typer.Option(True, help="fp16 MLPs on CUDA."),
     neutral_only: bool = typer.Option(False, help="Ablation: fix every frame's coefficients at neutral."),
     stream: bool = typer.Option(False, help="Read training frames from disk instead of keeping them in memory."),
@@ -93,6 +94,7 @@ def train(
     if mouth_rays is not None:
         _check_range("--mouth-rays", mouth_rays, 0.0, defaults.face_ray_fraction if face_sampling else 0.0)
     _check_range("--checkpoint-every", checkpoint_every, 1)
+    _check_range("--distortion", distortion, 0.0, 100.0)
     if model not in ("original", "small"):
         raise UserError(f"--model {model}: use original or small")
     path = resolve_subject_path(subject).resolve()
@@ -104,7 +106,7 @@ def train(
                           face_ray_fraction=defaults.face_ray_fraction if face_sampling else 0.0,
                           mouth_ray_fraction=(defaults.mouth_ray_fraction if mouth_rays is None else mouth_rays)
                           if face_sampling else 0.0,
-                          table_l1_weight=defaults.table_l1_weight if table_l1 else 0.0,
+                          table_l1_weight=defaults.table_l1_weight if table_l1 else 0.0, distortion_weight=distortion,
                           mixed_precision=mixed_precision, validate_every=validate_every,
                           checkpoint_every=checkpoint_every, seed=seed))
     if model == "small":

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from nerfbs.config import RenderConfig
+from nerfbs.distortion import ray_distortion
 from nerfbs.model import BlendShapeField
 from taichi_kernels.composite import composite
 from taichi_kernels.march import MarchParams, march_rays_train, render_rays_inference
@@ -19,6 +20,7 @@ class RenderOutput:
     opacity: torch.Tensor  # [R]
     depth: torch.Tensor  # [R]
     num_samples: int  # samples marched (and evaluated) for these rays
+    distortion: torch.Tensor | None = None  # [R] mip-NeRF 360 distortion per ray, when asked for
 
 
 def make_occupancy_grid(config: RenderConfig) -> OccupancyGrid:
@@ -28,16 +30,20 @@ def make_occupancy_grid(config: RenderConfig) -> OccupancyGrid:
 
 def render_rays_train(field: BlendShapeField, grid: OccupancyGrid, config: RenderConfig, origins: torch.Tensor,
                       directions: torch.Tensor, ray_frame: torch.Tensor, coeffs: torch.Tensor,
-                      background: torch.Tensor, *, jitter: bool = True,
-                      generator: torch.Generator | None = None) -> RenderOutput:
+                      background: torch.Tensor, *, jitter: bool = True, generator: torch.Generator | None = None,
+                      distortion: bool = False) -> RenderOutput:
     """Differentiable render of R rays: origins/directions [R, 3], ray_frame [R] int32 rows of coeffs [F, K],
-    background [R, 3]. Gradients reach the field's parameters and ``coeffs``."""
+    background [R, 3]. Gradients reach the field's parameters and ``coeffs``. ``distortion`` also returns each
+    ray's distortion (``nerfbs.distortion``)."""
     samples = march_rays_train(origins, directions, grid, MarchParams.from_render_config(config), jitter=jitter, generator=generator)
     frame_index = ray_frame[samples.ray_index.long()].int()  # [M]
     sigma, rgb = field(samples.positions, samples.directions, frame_index, coeffs)
     color, opacity, depth = composite(sigma, rgb, samples.t, samples.dt, samples.ray_offsets, samples.ray_counts,
                                       background, early_stop=config.early_stop_transmittance)
-    return RenderOutput(color, opacity, depth, samples.num_samples)
+    spread = None
+    if distortion:
+        spread = ray_distortion(sigma, samples.t, samples.dt, samples.ray_index, samples.ray_offsets, 2.0 * config.bound)
+    return RenderOutput(color, opacity, depth, samples.num_samples, spread)
 
 
 @torch.no_grad()

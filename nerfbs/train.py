@@ -114,7 +114,8 @@ def train_step(run: TrainRun) -> dict[str, float]:
 
     with _autocast(run):
         out = render_rays_train(run.field, run.grid, run.config.render, rays.origins, rays.directions,
-                                rays.frame_slot, coeffs, rays.background, generator=run.generator)
+                                rays.frame_slot, coeffs, rays.background, generator=run.generator,
+                                distortion=cfg.distortion_weight > 0)
         color_loss = (out.rgb - rays.rgb).abs().mean()
         loss = color_loss
         figures = {"color_loss": color_loss}
@@ -126,6 +127,10 @@ def train_step(run: TrainRun) -> dict[str, float]:
             table_l1 = run.field.encoder.tables[1:].abs().mean()
             loss = loss + cfg.table_l1_weight * table_l1
             figures["table_l1"] = table_l1
+        if out.distortion is not None:
+            distortion = out.distortion.mean()
+            loss = loss + cfg.distortion_weight * distortion
+            figures["distortion"] = distortion
         if run.lpips is not None and step >= cfg.lpips_from_step:
             patch_loss = _patch_loss(run, frames[0], "mouth" if step % 2 == 0 else "face")
             loss = loss + patch_loss
