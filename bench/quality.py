@@ -137,6 +137,39 @@ def mouth_diagnosis(run: train.TrainRun, train_frames: int = 40) -> dict:
                                                        for i in picks[:5]]}
 
 
+def pose_swap_diagnosis(run: train.TrainRun, scene, pairs: int = 40) -> dict:
+    """Mouth PSNR of expressions seen from another frame's pose, the truth rendered by the synthetic head
+    (``scene``: ``nerfbs.synth.make_scene`` of the subject): a training expression at a held-out pose, and a
+    held-out expression at a training pose, each against the same expression at its own pose. Tells pose
+    generalisation from expression generalisation."""
+    import numpy as np
+    from nerfbs.data import landmark_rects
+    from nerfbs.synth import render_frames
+
+    s, poses = run.subject, run.sampler.poses
+    test = [int(i) for i in s.test_indices]
+    train_picks = [i * (s.num_train - 1) // max(pairs - 1, 1) for i in range(pairs)]
+    test_picks = [test[i * (len(test) - 1) // max(pairs - 1, 1)] for i in range(pairs)]
+    saved = poses.clone()
+
+    def mouth_psnr(expression: int, pose_of: int) -> float:
+        poses[expression] = saved[pose_of]
+        try:
+            pred, _ = render(run, expression)
+        finally:
+            poses.copy_(saved)
+        r = render_frames(scene, [expression], poses=saved[pose_of:pose_of + 1].cpu().numpy())
+        truth = r.head[0].astype(np.float32) / 255.0
+        face, mouth, _ = landmark_rects(r.landmarks, s.width, s.height)
+        return evaluate.score_frame(pred, truth, face[0], mouth[0], None)["mouth"]["psnr"]
+
+    rows = [{"train": t, "test": h, "train_own": mouth_psnr(t, t), "train_at_test_pose": mouth_psnr(t, h),
+             "test_own": mouth_psnr(h, h), "test_at_train_pose": mouth_psnr(h, t)}
+            for t, h in zip(train_picks, test_picks)]
+    means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ("train", "test")}
+    return {"means": means, "rows": rows}
+
+
 def write_mouth_sheet(run: train.TrainRun, path: Path, count: int = 6, zoom: int = 3) -> None:
     """Mouth crops (prediction | truth | error), zoomed, of ``count`` held-out frames spread over the tail."""
     from nerfbs.images import error_grid, write_png
