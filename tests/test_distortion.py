@@ -55,7 +55,8 @@ def test_distortion_matches_the_definition_forward_and_backward():
 
 
 def test_one_surface_costs_less_than_two():
-    """The same opacity in one thin shell, against half of it in a shell 10 cells further on."""
+    """An opaque shell three samples thick, against ~40% of the opacity in one sample and the rest in a shell 20
+    samples further on (a semi-transparent layer in front of the surface)."""
     dt = torch.full((40,), 0.0005, dtype=torch.float64)
     t = 0.2 + torch.arange(40, dtype=torch.float64) * 0.0005
     one = torch.zeros(40, dtype=torch.float64)
