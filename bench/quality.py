@@ -192,6 +192,34 @@ def write_mouth_sheet(run: train.TrainRun, path: Path, count: int = 6, zoom: int
     write_png(path, np.concatenate(rows, axis=0))
 
 
+def diagnose_checkpoint(args: argparse.Namespace, device: torch.device) -> None:
+    """Mouth figures of a saved avatar: ``mouth_diagnosis``, the same with every occupancy cell on, and (given
+    ``--pose-swap N``, for a subject written by ``synthesize(frames=--frames, size=--size, coeffs=46, seed=0)``)
+    ``pose_swap_diagnosis`` on N frame pairs."""
+    import numpy as np
+    from nerfbs.avatar import load_avatar
+
+    avatar = load_avatar(args.checkpoint, device)
+    report: dict = {"checkpoint": args.checkpoint, "step": avatar.step, "diagnosis": mouth_diagnosis(avatar)}
+    for part in ("test", "train"):
+        report[f"{part}_mouth"] = float(np.mean([r["mouth"] for r in report["diagnosis"][part]]))
+    bits = avatar.grid.bitfield.clone()
+    avatar.grid.bitfield.fill_(255)
+    every_cell = mouth_diagnosis(avatar, train_frames=1)
+    avatar.grid.bitfield.copy_(bits)
+    report["test_mouth_every_cell_on"] = float(np.mean([r["mouth"] for r in every_cell["test"]]))
+    if args.pose_swap:
+        from nerfbs.synth import make_scene
+
+        scene = make_scene(args.frames, args.size, avatar.num_coeffs, 0, device)
+        report["pose_swap"] = pose_swap_diagnosis(avatar, scene, pairs=args.pose_swap)
+    if args.mouth_sheet:
+        write_mouth_sheet(avatar, Path(args.mouth_sheet))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("diagnosis", "pose_swap")}
+                     | ({"pose_swap": report["pose_swap"]["means"]} if args.pose_swap else {})), flush=True)
+    Path(args.out).write_text(json.dumps(report))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -211,8 +239,14 @@ def main() -> None:
     ap.add_argument("--diagnose", default="", help="write per-frame mouth figures (held-out and training frames) as JSON")
     ap.add_argument("--mouth-sheet", default="", help="write zoomed mouth crops (prediction | truth | error) of 6 held-out frames")
     ap.add_argument("--sheet", default="", help="write a contact sheet (prediction | truth | error) of 4 held-out frames")
+    ap.add_argument("--checkpoint", default="", help="diagnose this saved avatar's mouth instead of training (--out: JSON)")
+    ap.add_argument("--pose-swap", type=int, default=0, metavar="N",
+                    help="with --checkpoint: also pose_swap_diagnosis on N frame pairs (synthetic subjects only)")
     args = ap.parse_args()
     device = runtime.torch_device()
+    if args.checkpoint:
+        diagnose_checkpoint(args, device)
+        return
     report: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "args": vars(args)}
 
     subject = args.subject
