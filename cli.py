@@ -69,6 +69,8 @@ def train(
                                                           "the face share) [default: the recipe's]."),
     table_l1: bool = typer.Option(True, help="L1 penalty on the non-neutral tables."),
     distortion: float = typer.Option(0.0, help="Weight of mip-NeRF 360's distortion loss (0: off, as the original)."),
+    subpixel_rays: bool = typer.Option(False, help="Colour rays through random points of their pixels, targets read "
+                                                   "bilinearly (the original: pixel centres)."),
     mixed_precision: bool = typer.Option(True, help="fp16 MLPs on CUDA."),
     neutral_only: bool = typer.Option(False, help="Ablation: fix every frame's coefficients at neutral."),
     stream: bool = typer.Option(False, help="Read training frames from disk instead of keeping them in memory."),
@@ -107,6 +109,7 @@ def train(
                           mouth_ray_fraction=(defaults.mouth_ray_fraction if mouth_rays is None else mouth_rays)
                           if face_sampling else 0.0,
                           table_l1_weight=defaults.table_l1_weight if table_l1 else 0.0, distortion_weight=distortion,
+                          subpixel_rays=subpixel_rays,
                           mixed_precision=mixed_precision, validate_every=validate_every,
                           checkpoint_every=checkpoint_every, seed=seed))
     if model == "small":

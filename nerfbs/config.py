@@ -82,6 +82,7 @@ class TrainConfig:
     mlp_weight_decay: float = 1e-6
     face_ray_fraction: float = 0.9
     mouth_ray_fraction: float = 0.0  # share of the rays drawn inside the mouth rectangle (out of the face share)
+    subpixel_rays: bool = False  # colour rays through random points of their pixels (the original: pixel centres)
     mask_loss_steps: int = 4000
     mask_loss_weight: float = 1.0
     table_l1_weight: float = 1.0

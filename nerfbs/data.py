@@ -356,12 +356,9 @@ class RaySampler:
         dev = generator.device if generator is not None else self.device
         return torch.rand(shape, generator=generator, device=dev).to(self.device)
 
-    def _batch(self, frames: torch.Tensor, slot: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-               image_shape: tuple[int, int] | None = None, *, train_frames: bool = False) -> RayBatch:
-        """Targets and rays of pixels (u, v) [R] of frames[slot] (frames [B] long, slot [R] long).
-
-        ``train_frames``: the caller guarantees every frame is a training frame, so the in-memory images serve
-        without the check (a host sync on the GPU)."""
+    def _targets(self, frames: torch.Tensor, slot: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                 train_frames: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rgb [R, 3], mask [R], background [R, 3]) float32 at integer pixels (u, v) [R] of frames[slot]."""
         s = self.subject
         if s.images is not None and (train_frames or bool((frames < s.num_train).all())):
             fi = frames.to(s.images.device)[slot.to(s.images.device)]
@@ -371,10 +368,43 @@ class RaySampler:
             images, masks = s.frames(frames)
             images, masks = images.to(self.device), masks.to(self.device)
             rgb, mask = images[slot, v, u], masks[slot, v, u]
-        origins, directions = pixel_rays(self.poses[frames], s.fx, s.fy, s.cx, s.cy, u.float(), v.float(), slot)
-        return RayBatch(origins=origins, directions=directions, frame_slot=slot.to(torch.int32),
-                        rgb=rgb.float() / 255.0, mask=mask.float(), background=self.background[v, u].float() / 255.0,
-                        pixels=torch.stack([u, v], -1), image_shape=image_shape)
+        return rgb.float() / 255.0, mask.float(), self.background[v, u].float() / 255.0
+
+    def _bilinear_targets(self, frames: torch.Tensor, slot: torch.Tensor, uf: torch.Tensor, vf: torch.Tensor,
+                          train_frames: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``_targets`` read bilinearly at real pixel coordinates (uf, vf) [R] inside the image."""
+        s = self.subject
+        u0, v0 = uf.floor().long(), vf.floor().long()
+        u1, v1 = (u0 + 1).clamp(max=s.width - 1), (v0 + 1).clamp(max=s.height - 1)
+        fu, fv = (uf - u0)[:, None], (vf - v0)[:, None]
+
+        def read(uu: torch.Tensor, vv: torch.Tensor) -> torch.Tensor:  # [R, 7]: rgb, mask, background
+            rgb, mask, background = self._targets(frames, slot, uu, vv, train_frames)
+            return torch.cat([rgb, mask[:, None], background], 1)
+
+        t = ((1 - fv) * ((1 - fu) * read(u0, v0) + fu * read(u1, v0))
+             + fv * ((1 - fu) * read(u0, v1) + fu * read(u1, v1)))
+        return t[:, :3], t[:, 3], t[:, 4:]
+
+    def _batch(self, frames: torch.Tensor, slot: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+               image_shape: tuple[int, int] | None = None, *, train_frames: bool = False,
+               offsets: torch.Tensor | None = None) -> RayBatch:
+        """Targets and rays of pixels (u, v) [R] of frames[slot] (frames [B] long, slot [R] long).
+
+        ``train_frames``: the caller guarantees every frame is a training frame, so the in-memory images serve
+        without the check (a host sync on the GPU). ``offsets`` [R, 2]: sub-pixel shifts of the rays, the
+        targets then read bilinearly there."""
+        s = self.subject
+        uf, vf = u.float(), v.float()
+        if offsets is None:
+            rgb, mask, background = self._targets(frames, slot, u, v, train_frames)
+        else:
+            uf = (uf + offsets[:, 0]).clamp(0, s.width - 1)
+            vf = (vf + offsets[:, 1]).clamp(0, s.height - 1)
+            rgb, mask, background = self._bilinear_targets(frames, slot, uf, vf, train_frames)
+        origins, directions = pixel_rays(self.poses[frames], s.fx, s.fy, s.cx, s.cy, uf, vf, slot)
+        return RayBatch(origins=origins, directions=directions, frame_slot=slot.to(torch.int32), rgb=rgb, mask=mask,
+                        background=background, pixels=torch.stack([u, v], -1), image_shape=image_shape)
 
     def _frames(self, frame_indices, train_frames: bool) -> torch.Tensor:
         """Frame indices as a long [B] tensor on the device; checked against the subject unless the caller
@@ -388,11 +418,13 @@ class RaySampler:
 
     def sample(self, frame_indices: torch.Tensor, rays_per_image: int, face_fraction: float = 0.9,
                generator: torch.Generator | None = None, mouth_fraction: float = 0.0, *,
-               train_frames: bool = False) -> RayBatch:
+               train_frames: bool = False, subpixel: bool = False) -> RayBatch:
         """``rays_per_image`` random pixels from each of the B frames: round(face_fraction x R) inside the
         frame's face rectangle (of which round(mouth_fraction x R) inside its mouth rectangle), the rest
         anywhere. Rays are grouped by frame (slot b owns rays [b R, (b+1) R)). ``train_frames``: the caller
-        guarantees the indices are training frames already on the device (no host sync: see ``_frames``)."""
+        guarantees the indices are training frames already on the device (no host sync: see ``_frames``).
+        ``subpixel``: each ray passes through a random point of its pixel's square (+-0.5 pixel) instead of
+        the pixel itself, its targets read bilinearly there."""
         frames = self._frames(frame_indices, train_frames)
         b, r = frames.numel(), int(rays_per_image)
         n_face = int(round(r * face_fraction))
@@ -404,7 +436,8 @@ class RaySampler:
         uv = lo + (self._rand((b * r, 2), generator) * (hi - lo)).long()
         uv = torch.minimum(uv, hi - 1)
         slot = torch.arange(b, device=self.device).repeat_interleave(r)
-        return self._batch(frames, slot, uv[:, 0], uv[:, 1], train_frames=train_frames)
+        offsets = self._rand((b * r, 2), generator) - 0.5 if subpixel else None
+        return self._batch(frames, slot, uv[:, 0], uv[:, 1], train_frames=train_frames, offsets=offsets)
 
     def sample_patch(self, frame_index: int | torch.Tensor, rect: str = "mouth", size: int = 32,
                      generator: torch.Generator | None = None, *, train_frames: bool = False) -> RayBatch:

@@ -106,7 +106,8 @@ def train_step(run: TrainRun) -> dict[str, float]:
                          warmup_steps=cfg.occupancy_warmup_steps, generator=run.generator)
     frames = torch.randint(0, subject.num_train, (cfg.images_per_step,), device=run.device, generator=run.generator)
     rays = run.sampler.sample(frames, cfg.rays_per_image, face_fraction=cfg.face_ray_fraction,
-                              mouth_fraction=cfg.mouth_ray_fraction, generator=run.generator, train_frames=True)
+                              mouth_fraction=cfg.mouth_ray_fraction, generator=run.generator, train_frames=True,
+                              subpixel=cfg.subpixel_rays)
     coeffs = subject.coeffs[frames]  # [B, K]
     lr = learning_rate(cfg, training_fraction(cfg, step, run.elapsed))
     for group in run.optimizer.param_groups:

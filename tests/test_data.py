@@ -247,3 +247,40 @@ def test_training_draws_match_the_checked_ones(subject):
         sampler.sample(torch.tensor([FRAMES]), 8)
     with pytest.raises(ValueError, match="frame indices"):
         sampler.sample_patch(-1, "mouth", size=16)
+
+
+def _bilinear(image: np.ndarray, x: float, y: float) -> np.ndarray:
+    """Plain bilinear read of an [H, W, C] float64 image at (x, y), clamped at the far edges."""
+    h, w = image.shape[:2]
+    x0, y0 = int(np.floor(x)), int(np.floor(y))
+    x1, y1 = min(x0 + 1, w - 1), min(y0 + 1, h - 1)
+    fx, fy = x - x0, y - y0
+    top = (1 - fx) * image[y0, x0] + fx * image[y0, x1]
+    bottom = (1 - fx) * image[y1, x0] + fx * image[y1, x1]
+    return (1 - fy) * top + fy * bottom
+
+
+def test_subpixel_rays_read_their_targets_bilinearly(subject):
+    sampler = RaySampler(subject)
+    frames = torch.tensor([2, 6])
+    centred = sampler.sample(frames, 300, generator=torch.Generator().manual_seed(5))
+    batch = sampler.sample(frames, 300, generator=torch.Generator().manual_seed(5), subpixel=True)
+    torch.testing.assert_close(batch.pixels, centred.pixels)  # the same pixels, then shifted inside them
+    assert not torch.allclose(batch.directions, centred.directions)
+    # each ray passes through its pixel's square: recover the point from the direction
+    pose = subject.poses[frames[batch.frame_slot.long()]]
+    cam = torch.einsum("rji,rj->ri", pose[:, :3, :3], batch.directions)  # camera-space direction
+    x = subject.fx * cam[:, 0] / cam[:, 2] + subject.cx
+    y = subject.fy * cam[:, 1] / cam[:, 2] + subject.cy
+    shift = torch.stack([x, y], -1) - batch.pixels.float()
+    assert float(shift.abs().max()) <= 0.5 + 1e-3 and float(shift.abs().mean()) > 0.1
+    images = subject.images.double().numpy() / 255
+    back = subject.background.double().numpy() / 255
+    masks = subject.masks.double().numpy()
+    for i in range(0, len(batch), 37):
+        f = int(frames[int(batch.frame_slot[i])])
+        px, py = float(x[i]), float(y[i])
+        px, py = min(max(px, 0.0), subject.width - 1), min(max(py, 0.0), subject.height - 1)
+        np.testing.assert_allclose(batch.rgb[i].numpy(), _bilinear(images[f], px, py), atol=2e-3)
+        np.testing.assert_allclose(batch.background[i].numpy(), _bilinear(back, px, py), atol=2e-3)
+        np.testing.assert_allclose(float(batch.mask[i]), _bilinear(masks[f][..., None], px, py)[0], atol=2e-3)

@@ -89,12 +89,13 @@ def test_small_model_option_trains_the_cpu_sized_field(tiny_run, tmp_path):
     assert saved["model"]["grid"]["num_levels"] == 8 and saved["render"]["grid_resolution"] == 32
 
 
-def test_distortion_option_adds_its_loss_to_the_step(tiny_run, tmp_path):
+def test_distortion_and_subpixel_options_reach_the_step(tiny_run, tmp_path):
     ws = tmp_path / "distortion"
     result = invoke("train", tiny_run.subject, "--model", "small", "--steps", 3, "--test-last", 2, "--no-lpips",
-                    "--distortion", 0.5, "--workspace", ws)
+                    "--distortion", 0.5, "--subpixel-rays", "--workspace", ws)
     assert result.exit_code == 0, result.output
-    assert json.loads((ws / "config.json").read_text())["train"]["distortion_weight"] == 0.5
+    saved = json.loads((ws / "config.json").read_text())["train"]
+    assert saved["distortion_weight"] == 0.5 and saved["subpixel_rays"] is True
     rows = [json.loads(line) for line in (ws / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(row["distortion"] > 0 for row in rows if "distortion" in row)
     assert any("distortion" in row for row in rows)
