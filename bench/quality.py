@@ -137,17 +137,18 @@ def mouth_diagnosis(run: train.TrainRun, train_frames: int = 40) -> dict:
                                                        for i in picks[:5]]}
 
 
-def pose_swap_diagnosis(run: train.TrainRun, scene, pairs: int = 40) -> dict:
+def pose_swap_diagnosis(run: train.TrainRun, scene, pairs: int = 40, partners: list[int] | None = None) -> dict:
     """Mouth PSNR of expressions seen from another frame's pose, the truth rendered by the synthetic head
-    (``scene``: ``nerfbs.synth.make_scene`` of the subject): a training expression at a held-out pose, and a
-    held-out expression at a training pose, each against the same expression at its own pose. Tells pose
-    generalisation from expression generalisation."""
+    (``scene``: ``nerfbs.synth.make_scene`` of the subject): a training expression at a partner's pose, and the
+    partner's expression at the training frame's pose, each against the same expression at its own pose.
+    Partners are held-out frames unless ``partners`` names others (e.g. other training frames, which tells a
+    new pose from a held-out pose). Tells pose generalisation from expression generalisation."""
     import numpy as np
     from nerfbs.data import landmark_rects
     from nerfbs.synth import render_frames
 
     s, poses = run.subject, run.sampler.poses
-    test = [int(i) for i in s.test_indices]
+    test = [int(i) for i in s.test_indices] if partners is None else list(partners)
     train_picks = [i * (s.num_train - 1) // max(pairs - 1, 1) for i in range(pairs)]
     test_picks = [test[i * (len(test) - 1) // max(pairs - 1, 1)] for i in range(pairs)]
     saved = poses.clone()
