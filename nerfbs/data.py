@@ -358,7 +358,8 @@ class RaySampler:
 
     def _targets(self, frames: torch.Tensor, slot: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                  train_frames: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(rgb [R, 3], mask [R], background [R, 3]) float32 at integer pixels (u, v) [R] of frames[slot]."""
+        """(rgb [..., 3], mask [...], background [..., 3]) float32 at integer pixels (u, v) [...] of frames[slot]
+        (slot, u and v of one shape)."""
         s = self.subject
         if s.images is not None and (train_frames or bool((frames < s.num_train).all())):
             fi = frames.to(s.images.device)[slot.to(s.images.device)]
@@ -372,19 +373,17 @@ class RaySampler:
 
     def _bilinear_targets(self, frames: torch.Tensor, slot: torch.Tensor, uf: torch.Tensor, vf: torch.Tensor,
                           train_frames: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``_targets`` read bilinearly at real pixel coordinates (uf, vf) [R] inside the image."""
+        """``_targets`` read bilinearly at real pixel coordinates (uf, vf) [R] inside the image: one read of
+        the four neighbours [R, 4], then their weighted sum."""
         s = self.subject
         u0, v0 = uf.floor().long(), vf.floor().long()
         u1, v1 = (u0 + 1).clamp(max=s.width - 1), (v0 + 1).clamp(max=s.height - 1)
-        fu, fv = (uf - u0)[:, None], (vf - v0)[:, None]
-
-        def read(uu: torch.Tensor, vv: torch.Tensor) -> torch.Tensor:  # [R, 7]: rgb, mask, background
-            rgb, mask, background = self._targets(frames, slot, uu, vv, train_frames)
-            return torch.cat([rgb, mask[:, None], background], 1)
-
-        t = ((1 - fv) * ((1 - fu) * read(u0, v0) + fu * read(u1, v0))
-             + fv * ((1 - fu) * read(u0, v1) + fu * read(u1, v1)))
-        return t[:, :3], t[:, 3], t[:, 4:]
+        fu, fv = uf - u0, vf - v0
+        weights = torch.stack([(1 - fu) * (1 - fv), fu * (1 - fv), (1 - fu) * fv, fu * fv], 1)  # [R, 4]
+        rgb, mask, background = self._targets(frames, slot[:, None].expand(-1, 4), torch.stack([u0, u1, u0, u1], 1),
+                                              torch.stack([v0, v0, v1, v1], 1), train_frames)
+        w = weights[..., None]
+        return (rgb * w).sum(1), (mask * weights).sum(1), (background * w).sum(1)
 
     def _batch(self, frames: torch.Tensor, slot: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                image_shape: tuple[int, int] | None = None, *, train_frames: bool = False,
