@@ -192,16 +192,20 @@ def synth(
     coeffs: int = typer.Option(46, help="Expression coefficients per frame (ARKit-like names; 52 gives all of them)."),
     seed: int = typer.Option(0, help="Random seed: the same seed writes the same subject."),
     preview: bool = typer.Option(False, help="Also write OUT/preview.png, a contact sheet of a few frames."),
+    tracks_from: Optional[Path] = typer.Option(None, help="Drive the head with the expressions of a subject written "
+                                                          "by nerfbs preprocess (by name, resampled to --frames) "
+                                                          "instead of generated ones."),
 ) -> None:
     """Write a procedural talking head in the NeRFBlendShape dataset layout."""
     import time
 
     from nerfbs.commands import progress_bar
-    from nerfbs.synth import synthesize, write_preview
+    from nerfbs.synth import coefficient_names, synthesize, tracked_coefficient_tracks, write_preview
 
     start = time.perf_counter()
+    tracks = None if tracks_from is None else tracked_coefficient_tracks(tracks_from, coefficient_names(coeffs), frames)
     with progress_bar("rendering", total=frames) as update:
-        path = synthesize(out, frames=frames, size=size, coeffs=coeffs, seed=seed, progress=update)
+        path = synthesize(out, frames=frames, size=size, coeffs=coeffs, seed=seed, progress=update, tracks=tracks)
     typer.echo(f"wrote {frames} frames ({size}x{size}, {coeffs} coefficients) to {path} "
                f"in {time.perf_counter() - start:.1f} s")
     if preview:

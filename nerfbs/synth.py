@@ -149,6 +149,31 @@ def coefficient_tracks(names: list[str], frames: int, seed: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def tracked_coefficient_tracks(subject_dir: str | os.PathLike, names: list[str], frames: int) -> np.ndarray:
+    """Coefficients [frames, len(names)] in [0, 1] taken by name from a tracked subject (``nerfbs preprocess``
+    writes MediaPipe's ARKit names as ``exp_names`` in transforms.json), linearly resampled in time to ``frames``.
+    A real face moves its coefficients together: few independent directions, unlike ``coefficient_tracks``."""
+    import json
+
+    path = Path(subject_dir) / "transforms.json"
+    try:
+        meta = json.loads(path.read_text())
+        exp = np.array([f["exp_ori"] for f in meta["frames"]], dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: cannot read the tracked coefficients ({e}) — give a subject folder written by "
+                        "nerfbs preprocess") from e
+    have = meta.get("exp_names") or []
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise UserError(f"{path}: no coefficient named {missing[0]} in its exp_names — a subject tracked by "
+                        "nerfbs preprocess has all 52 ARKit names")
+    if exp.ndim != 2 or exp.shape[1] != len(have) or len(exp) < 2:
+        raise UserError(f"{path}: needs at least 2 frames of {len(have)} coefficients each")
+    columns = np.clip(exp[:, [have.index(n) for n in names]], 0.0, 1.0)
+    src, dst = np.linspace(0.0, 1.0, len(columns)), np.linspace(0.0, 1.0, frames)
+    return np.stack([np.interp(dst, src, columns[:, k]) for k in range(columns.shape[1])], 1).astype(np.float32)
+
+
 def head_motion(frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Head rotations [frames, 3, 3] and translations [frames, 3] (world units) in the camera's world."""
     gen = np.random.default_rng(seed + 1)
@@ -212,15 +237,20 @@ class Frames:
     landmarks: np.ndarray
 
 
-def make_scene(frames: int, size: int, coeffs: int, seed: int, device: str | torch.device | None = None) -> Scene:
+def make_scene(frames: int, size: int, coeffs: int, seed: int, device: str | torch.device | None = None,
+               tracks: Optional[np.ndarray] = None) -> Scene:
+    """The scene of a subject; ``tracks`` [frames, coeffs] replaces the generated coefficient tracks."""
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = coefficient_names(coeffs)
+    if tracks is not None and np.shape(tracks) != (frames, coeffs):
+        raise UserError(f"coefficient tracks of shape {np.shape(tracks)} given for {frames} frames x {coeffs} coefficients")
     rotations, translations = head_motion(frames, seed)
     focal = FOCAL_PER_PIXEL * size
     rest = torch.from_numpy(camera_poses(np.eye(3)[None], np.zeros((1, 3)))[0])
     neck_uv, _ = project(torch.tensor([[0.0, -1.0, 0.3]], dtype=torch.float64) * DESIGN_SCALE, rest,
                          focal, focal, size / 2, size / 2)
-    return Scene(names=names, coefficients=coefficient_tracks(names, frames, seed),
+    coefficients = coefficient_tracks(names, frames, seed) if tracks is None else np.asarray(tracks, np.float32)
+    return Scene(names=names, coefficients=coefficients,
                  control_weights=control_matrix(names, seed), poses=camera_poses(rotations, translations),
                  translations=translations, size=size, focal=focal, background=background(size, size, seed, dev),
                  neck_v=float(neck_uv[0, 1]), device=dev)
@@ -253,14 +283,16 @@ def render_frames(scene: Scene, index: Sequence[int], *, poses: Optional[np.ndar
 
 def synthesize(out_dir: str | os.PathLike, *, frames: int = 600, size: int = 512, coeffs: int = 46, seed: int = 0,
                device: str | torch.device | None = None,
-               progress: Optional[Callable[[int, int], None]] = None) -> Path:
-    """Write a synthetic subject of ``frames`` size x size frames with ``coeffs`` coefficients to out_dir."""
+               progress: Optional[Callable[[int, int], None]] = None, tracks: Optional[np.ndarray] = None) -> Path:
+    """Write a synthetic subject of ``frames`` size x size frames with ``coeffs`` coefficients to out_dir;
+    ``tracks`` [frames, coeffs] (in [0, 1], named as ``coefficient_names``) drive the head instead of the
+    generated talking tracks."""
     out = Path(out_dir)
     if frames < 1 or size < 16 or coeffs < 1:
         raise UserError(f"{out}: need --frames >= 1, --size >= 16 and --coeffs >= 1")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists and is not empty — choose a new folder or remove it")
-    scene = make_scene(frames, size, coeffs, seed, device)
+    scene = make_scene(frames, size, coeffs, seed, device, tracks)
     per_batch = max(1, (4_000_000 if scene.device.type == "cuda" else 300_000) // (size * size // 2))
     c = size / 2
     with SubjectWriter(out, height=size, width=size, fx=scene.focal, fy=scene.focal, cx=c, cy=c,

@@ -9,7 +9,7 @@ import torch
 from nerfbs.data import load_subject
 from nerfbs.errors import UserError
 from nerfbs.synth import (ARKIT_BY_PRIORITY, coefficient_names, coefficient_tracks, head_motion, make_scene,
-                          render_frames, synthesize, write_preview)
+                          render_frames, synthesize, tracked_coefficient_tracks, write_preview)
 
 FRAMES, SIZE = 12, 48
 
@@ -46,6 +46,29 @@ def test_deterministic_for_a_seed(subject_dir, tmp_path):
 def test_refuses_a_non_empty_folder(subject_dir):
     with pytest.raises(UserError, match="not empty"):
         synthesize(subject_dir, frames=2, size=32)
+
+
+def test_tracked_tracks_are_looked_up_by_name_and_resampled(tmp_path):
+    names = ["mouthSmileLeft", "_neutral", "jawOpen"]  # stored order differs from the synthetic order
+    frames = [{"exp_ori": [0.2, 0.9, 0.0]}, {"exp_ori": [0.6, 0.9, 1.4]}, {"exp_ori": [0.4, 0.9, 0.5]}]
+    (tmp_path / "transforms.json").write_text(json.dumps({"exp_names": names, "frames": frames}))
+    tracks = tracked_coefficient_tracks(tmp_path, ["jawOpen", "mouthSmileLeft"], 5)
+    assert tracks.shape == (5, 2) and tracks.dtype == np.float32
+    assert np.allclose(tracks[:, 0], [0.0, 0.5, 1.0, 0.75, 0.5])  # 1.4 clipped to 1; halfway points interpolated
+    assert np.allclose(tracks[:, 1], [0.2, 0.4, 0.6, 0.5, 0.4])
+    with pytest.raises(UserError, match="no coefficient named eyeBlinkLeft"):
+        tracked_coefficient_tracks(tmp_path, ["eyeBlinkLeft"], 5)
+    with pytest.raises(UserError, match="cannot read"):
+        tracked_coefficient_tracks(tmp_path / "missing", ["jawOpen"], 5)
+
+
+def test_given_tracks_drive_the_subject(tmp_path):
+    tracks = np.array([[0.0, 1.0], [0.5, 0.25], [1.0, 0.0]], dtype=np.float32)
+    out = synthesize(tmp_path / "s", frames=3, size=32, coeffs=2, device="cpu", tracks=tracks)
+    meta = json.loads((out / "transforms.json").read_text())
+    assert np.allclose([f["exp_ori"] for f in meta["frames"]], tracks)
+    with pytest.raises(UserError, match="shape"):
+        synthesize(tmp_path / "t", frames=4, size=32, coeffs=2, device="cpu", tracks=tracks)
 
 
 def test_loader_pose_renders_the_parsing_mask(subject_dir):
