@@ -62,6 +62,23 @@ def test_tracked_tracks_are_looked_up_by_name_and_resampled(tmp_path):
         tracked_coefficient_tracks(tmp_path / "missing", ["jawOpen"], 5)
 
 
+def test_synth_cli_takes_the_tracks_from_a_tracked_subject(tmp_path):
+    from tiny import invoke, one_line_error
+
+    names = coefficient_names(2)
+    frames = [{"exp_ori": [0.1, 0.8]}, {"exp_ori": [0.3, 0.4]}]
+    (tmp_path / "tracked").mkdir()
+    (tmp_path / "tracked" / "transforms.json").write_text(json.dumps({"exp_names": names[::-1], "frames": frames}))
+    result = invoke("synth", tmp_path / "s", "--frames", 3, "--size", 32, "--coeffs", 2,
+                    "--tracks-from", tmp_path / "tracked")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "s" / "transforms.json").read_text())
+    assert np.allclose([f["exp_ori"] for f in meta["frames"]], [[0.8, 0.1], [0.6, 0.2], [0.4, 0.3]])
+    error = one_line_error(invoke("synth", tmp_path / "t", "--coeffs", 3, "--tracks-from", tmp_path / "tracked"))
+    assert "no coefficient named" in error and "transforms.json" in error
+    assert not (tmp_path / "t").exists()
+
+
 def test_given_tracks_drive_the_subject(tmp_path):
     tracks = np.array([[0.0, 1.0], [0.5, 0.25], [1.0, 0.0]], dtype=np.float32)
     out = synthesize(tmp_path / "s", frames=3, size=32, coeffs=2, device="cpu", tracks=tracks)
