@@ -79,13 +79,9 @@ def train(
     seed: int = typer.Option(0, help="Random seed."),
     model: str = typer.Option("original", help="Field size: original (the paper's: 47 x 16-level hash grids, 46 M "
                                                "parameters) or small (8 levels, small MLPs: minutes on a CPU)."),
-    expression_levels: int = typer.Option(0, help="Hash levels the expression tables use, coarsest first (0: all, "
-                                                  "as the original; the neutral table always uses all)."),
 ) -> None:
     """Train an avatar from a subject folder."""
-    import dataclasses
-
-    from nerfbs.config import SMALL_MODEL, SMALL_RENDER, Config, DataConfig, ModelConfig, TrainConfig
+    from nerfbs.config import SMALL_MODEL, SMALL_RENDER, Config, DataConfig, TrainConfig
     from nerfbs.data import resolve_subject_path
     from nerfbs import commands
 
@@ -103,8 +99,6 @@ def train(
     _check_range("--distortion", distortion, 0.0, 100.0)
     if model not in ("original", "small"):
         raise UserError(f"--model {model}: use original or small")
-    model_config = SMALL_MODEL if model == "small" else ModelConfig()
-    _check_range("--expression-levels", expression_levels, 0, model_config.grid.num_levels)
     path = resolve_subject_path(subject).resolve()
     config = Config(
         data=DataConfig(subject=str(path), test_last=test_last, stream_from_disk=stream, neutral_only=neutral_only),
@@ -118,9 +112,8 @@ def train(
                           subpixel_rays=subpixel_rays,
                           mixed_precision=mixed_precision, validate_every=validate_every,
                           checkpoint_every=checkpoint_every, seed=seed))
-    config = config.replace(model=dataclasses.replace(model_config, expression_levels=expression_levels))
     if model == "small":
-        config = config.replace(render=SMALL_RENDER)
+        config = config.replace(model=SMALL_MODEL, render=SMALL_RENDER)
     commands.train_and_report(config, workspace or Path("runs") / path.name, resume=resume)
 
 

@@ -23,11 +23,6 @@ class ModelConfig:
     color_layers: int = 1
     sh_degree: int = 4
     table_init: float = 1e-4
-    expression_levels: int = 0  # hash levels the 46 expression tables use, coarsest first (0: all, the original)
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.expression_levels <= self.grid.num_levels:
-            raise ValueError(f"model: expression_levels must lie in [0, {self.grid.num_levels}] (0: every level)")
 
 
 @dataclass(frozen=True)

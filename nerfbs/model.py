@@ -47,19 +47,6 @@ class MLP(nn.Sequential):
         return h @ linears[-1].weight.to(dtype).t()
 
 
-def _confine_expressions(tables: nn.Parameter, first_fine_entry: int) -> None:
-    """Keep the expression tables (every basis but the neutral one) zero from entry ``first_fine_entry`` on,
-    i.e. in the finer levels: zeroed now, and their gradient zeroed after every backward pass."""
-    with torch.no_grad():
-        tables[1:, first_fine_entry:] = 0.0
-
-    def zero_fine_gradient(param: torch.Tensor) -> None:
-        if param.grad is not None:
-            param.grad[1:, first_fine_entry:] = 0.0
-
-    tables.register_post_accumulate_grad_hook(zero_fine_gradient)
-
-
 class BlendShapeField(nn.Module):
     """sigma(x, e) and rgb(x, d, e) for points x, directions d and expression coefficients e."""
 
@@ -68,8 +55,6 @@ class BlendShapeField(nn.Module):
         self.config = config
         self.bound = float(bound)
         self.encoder = BlendedHashGrid(config.grid, init_scale=config.table_init)
-        if 0 < config.expression_levels < config.grid.num_levels:
-            _confine_expressions(self.encoder.tables, config.grid.level_offsets[config.expression_levels])
         self.density_net = MLP(config.grid.output_dim, config.density_hidden, config.density_layers,
                                1 + config.geo_features)
         self.color_net = MLP(config.sh_degree ** 2 + config.geo_features, config.color_hidden,

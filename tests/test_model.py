@@ -36,35 +36,3 @@ def test_inference_mlp_with_fused_relu_matches_the_layer_by_layer_mlp():
     assert torch.allclose(fused, plain, atol=1e-5, rtol=1e-5)
     assert torch.allclose(trained, plain, atol=1e-5, rtol=1e-5) and trained.requires_grad
     assert (plain != 0).any() and (plain < 0).any()  # ReLUs inside, an unclamped linear last layer
-
-
-def test_expression_levels_keep_the_expression_tables_out_of_the_finer_levels():
-    grid = GridConfig(num_bases=3, num_levels=3, log2_table_size=8, finest_resolution=32)
-    cfg = ModelConfig(grid=grid, expression_levels=1)
-    field = BlendShapeField(cfg, bound=0.06)
-    cut = grid.level_offsets[1]
-    tables = field.encoder.tables
-    before = tables.detach().clone()
-    assert (before[1:, cut:] == 0).all() and (before[1:, :cut] != 0).any()
-    optimizer = torch.optim.Adam(field.parameters(), lr=1e-2)
-    n = 256
-    points = (torch.rand(n, 3) - 0.5) * 0.1
-    dirs = torch.nn.functional.normalize(torch.randn(n, 3), dim=-1)
-    frame = torch.zeros(n, dtype=torch.int32)
-    coeffs = torch.tensor([[1.0, 0.7, 0.4]])
-    for _ in range(2):
-        optimizer.zero_grad()
-        sigma, rgb = field(points, dirs, frame, coeffs)
-        (sigma.sum() + rgb.sum() + tables[1:].abs().mean()).backward()
-        optimizer.step()
-    after = tables.detach()
-    assert (after[1:, cut:] == 0).all()  # the fine levels of the expression tables never move
-    assert (after[1:, :cut] != before[1:, :cut]).any()  # their coarse level learns
-    assert (after[0, cut:] != before[0, cut:]).any()  # the neutral table learns at every level
-
-
-def test_expression_levels_out_of_range_are_refused():
-    import pytest
-
-    with pytest.raises(ValueError, match="expression_levels"):
-        ModelConfig(grid=GridConfig(num_levels=4), expression_levels=5)
