@@ -171,7 +171,10 @@ def tracked_coefficient_tracks(subject_dir: str | os.PathLike, names: list[str],
         raise UserError(f"{path}: needs at least 2 frames of {len(have)} coefficients each")
     columns = np.clip(exp[:, [have.index(n) for n in names]], 0.0, 1.0)
     src, dst = np.linspace(0.0, 1.0, len(columns)), np.linspace(0.0, 1.0, frames)
-    return np.stack([np.interp(dst, src, columns[:, k]) for k in range(columns.shape[1])], 1).astype(np.float32)
+    out = np.zeros((max(frames, 0), len(names)), dtype=np.float32)
+    for k in range(len(names)):
+        out[:, k] = np.interp(dst, src, columns[:, k])
+    return out
 
 
 def head_motion(frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
