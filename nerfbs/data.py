@@ -191,6 +191,15 @@ def _parse_frames(path: Path, frames: list) -> tuple[list[int], np.ndarray, np.n
     return ids, np.stack(poses), np.stack(coeffs)
 
 
+def read_expressions(path: str | os.PathLike) -> tuple[Optional[list[str]], np.ndarray]:
+    """A subject folder's coefficient names (``exp_names``; None when absent) and raw coefficients [N, K] float32
+    in img_id order, read and checked as ``load_subject`` reads them."""
+    root = Path(path)
+    meta = _meta(root)
+    _, _, coeffs = _parse_frames(root / "transforms.json", meta["frames"])
+    return meta.get("exp_names"), coeffs
+
+
 def _rects(x0, y0, x1, y1, width: int, height: int) -> np.ndarray:
     """Integer rectangles [N, 4] (x0, y0, x1, y1), x1/y1 exclusive, clipped, at least one pixel."""
     x0 = np.clip(np.floor(x0), 0, width - 1)

@@ -153,22 +153,14 @@ def tracked_coefficient_tracks(subject_dir: str | os.PathLike, names: list[str],
     """Coefficients [frames, len(names)] in [0, 1] taken by name from a tracked subject (``nerfbs preprocess``
     writes MediaPipe's ARKit names as ``exp_names`` in transforms.json), linearly resampled in time to ``frames``.
     A real face moves its coefficients together: few independent directions, unlike ``coefficient_tracks``."""
-    import json
+    from nerfbs.data import read_expressions
 
-    path = Path(subject_dir) / "transforms.json"
-    try:
-        meta = json.loads(path.read_text())
-        exp = np.array([f["exp_ori"] for f in meta["frames"]], dtype=np.float64)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: cannot read the tracked coefficients ({e}) — give a subject folder written by "
-                        "nerfbs preprocess") from e
-    have = meta.get("exp_names") or []
+    have, exp = read_expressions(subject_dir)
+    have = have if have is not None and len(have) == exp.shape[1] else []
     missing = [n for n in names if n not in have]
     if missing:
-        raise UserError(f"{path}: no coefficient named {missing[0]} in its exp_names — a subject tracked by "
-                        "nerfbs preprocess has all 52 ARKit names")
-    if exp.ndim != 2 or exp.shape[1] != len(have) or len(exp) < 2:
-        raise UserError(f"{path}: needs at least 2 frames of {len(have)} coefficients each")
+        raise UserError(f"{Path(subject_dir) / 'transforms.json'}: no coefficient named {missing[0]} in its exp_names "
+                        "— a subject tracked by nerfbs preprocess has all 52 ARKit names")
     columns = np.clip(exp[:, [have.index(n) for n in names]], 0.0, 1.0)
     src, dst = np.linspace(0.0, 1.0, len(columns)), np.linspace(0.0, 1.0, frames)
     out = np.zeros((max(frames, 0), len(names)), dtype=np.float32)

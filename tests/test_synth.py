@@ -48,17 +48,24 @@ def test_refuses_a_non_empty_folder(subject_dir):
         synthesize(subject_dir, frames=2, size=32)
 
 
+def tracked_transforms(names: list[str], exp: list[list[float]]) -> str:
+    """A transforms.json text of a tracked subject with these coefficient names and per-frame coefficients."""
+    frames = [{"img_id": i, "transform_matrix": np.eye(4).tolist(), "exp_ori": e} for i, e in enumerate(exp)]
+    return json.dumps({"h": 32, "w": 32, "fx": 30, "fy": 30, "cx": 16, "cy": 16, "exp_names": names,
+                       "frames": frames[::-1]})  # stored out of img_id order
+
+
 def test_tracked_tracks_are_looked_up_by_name_and_resampled(tmp_path):
     names = ["mouthSmileLeft", "_neutral", "jawOpen"]  # stored order differs from the synthetic order
-    frames = [{"exp_ori": [0.2, 0.9, 0.0]}, {"exp_ori": [0.6, 0.9, 1.4]}, {"exp_ori": [0.4, 0.9, 0.5]}]
-    (tmp_path / "transforms.json").write_text(json.dumps({"exp_names": names, "frames": frames}))
+    exp = [[0.2, 0.9, 0.0], [0.6, 0.9, 1.4], [0.4, 0.9, 0.5]]
+    (tmp_path / "transforms.json").write_text(tracked_transforms(names, exp))
     tracks = tracked_coefficient_tracks(tmp_path, ["jawOpen", "mouthSmileLeft"], 5)
     assert tracks.shape == (5, 2) and tracks.dtype == np.float32
     assert np.allclose(tracks[:, 0], [0.0, 0.5, 1.0, 0.75, 0.5])  # 1.4 clipped to 1; halfway points interpolated
     assert np.allclose(tracks[:, 1], [0.2, 0.4, 0.6, 0.5, 0.4])
     with pytest.raises(UserError, match="no coefficient named eyeBlinkLeft"):
         tracked_coefficient_tracks(tmp_path, ["eyeBlinkLeft"], 5)
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="not found"):
         tracked_coefficient_tracks(tmp_path / "missing", ["jawOpen"], 5)
 
 
@@ -66,9 +73,8 @@ def test_synth_cli_takes_the_tracks_from_a_tracked_subject(tmp_path):
     from tiny import invoke, one_line_error
 
     names = coefficient_names(2)
-    frames = [{"exp_ori": [0.1, 0.8]}, {"exp_ori": [0.3, 0.4]}]
     (tmp_path / "tracked").mkdir()
-    (tmp_path / "tracked" / "transforms.json").write_text(json.dumps({"exp_names": names[::-1], "frames": frames}))
+    (tmp_path / "tracked" / "transforms.json").write_text(tracked_transforms(names[::-1], [[0.1, 0.8], [0.3, 0.4]]))
     result = invoke("synth", tmp_path / "s", "--frames", 3, "--size", 32, "--coeffs", 2,
                     "--tracks-from", tmp_path / "tracked")
     assert result.exit_code == 0, result.output
