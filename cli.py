@@ -82,7 +82,7 @@ def train(
 ) -> None:
     """Train an avatar from a subject folder."""
     from nerfbs.config import SMALL_MODEL, SMALL_RENDER, Config, DataConfig, TrainConfig
-    from nerfbs.data import resolve_subject_path
+    from nerfbs.data.subject import resolve_subject_path
     from nerfbs import commands
 
     defaults = TrainConfig()
@@ -141,9 +141,9 @@ def render(
     subject: Optional[Path] = typer.Option(None, help="The avatar's subject folder, if it moved since training."),
 ) -> None:
     """Render an avatar from its checkpoint alone: held-out frames, reenactment (--drive), edits (--set), orbits."""
-    from nerfbs.avatar import load_avatar
+    from nerfbs.export.avatar import load_avatar
     from nerfbs.commands import progress_bar
-    from nerfbs.rendering_job import plan_render, run_job
+    from nerfbs.export.job import plan_render, run_job
 
     _check_range("--batch", batch, 1, 4096)
     avatar = load_avatar(checkpoint, subject_dir=subject)
@@ -154,7 +154,7 @@ def render(
     out_dir = out or avatar.workspace / "render" / checkpoint.stem
     with progress_bar("rendering", total=len(job)) as update:
         stats = run_job(avatar, job, out_dir, batch=batch, progress=update)
-    typer.echo(f"rendered {stats.images} images ({job.width}x{job.height}) to {stats.out_dir}: "
+    typer.echo(f"rendered {stats.images} images ({job.camera.width}x{job.camera.height}) to {stats.out_dir}: "
                f"{stats.fps:.1f} frames/s ({stats.seconds:.2f} s rendering, PNG writing excluded)")
 
 
@@ -168,7 +168,7 @@ def export_video(
 ) -> None:
     """Turn a folder of rendered frames into an H.264 mp4 (frames in numeric order; *_nvs.png twins skipped)."""
     from nerfbs.commands import progress_bar
-    from nerfbs.video import export_video as encode
+    from nerfbs.export.video import export_video as encode
 
     _check_range("--fps", fps, 0.01, 1000)
     with progress_bar("encoding") as update:
@@ -193,7 +193,7 @@ def synth(
     import time
 
     from nerfbs.commands import progress_bar
-    from nerfbs.synth import coefficient_names, synthesize, tracked_coefficient_tracks, write_preview
+    from nerfbs.synth.generate import coefficient_names, synthesize, tracked_coefficient_tracks, write_preview
 
     start = time.perf_counter()
     tracks = None if tracks_from is None else tracked_coefficient_tracks(tracks_from, coefficient_names(coeffs), frames)
@@ -221,7 +221,7 @@ def preprocess(
     import contextlib
 
     from nerfbs.commands import progress_bar
-    from nerfbs.preprocess import preprocess_video
+    from nerfbs.preprocess.pipeline import preprocess_video
 
     if max_frames is not None:
         _check_range("--max-frames", max_frames, 1)
@@ -251,9 +251,9 @@ def eval_command(
     subject: Optional[Path] = typer.Option(None, help="The avatar's subject folder, if it moved since training."),
 ) -> None:
     """PSNR, SSIM and LPIPS of the held-out frames (full frame, face and mouth): metrics.json, metrics.md, worst.png."""
-    from nerfbs.avatar import load_avatar
+    from nerfbs.export.avatar import load_avatar
     from nerfbs.commands import evaluate_run
-    from nerfbs.perceptual import load_lpips
+    from nerfbs.train.perceptual import load_lpips
 
     avatar = load_avatar(checkpoint, subject_dir=subject)
     avatar.lpips = load_lpips(avatar.device, allow_missing=True)

@@ -30,13 +30,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nerfbs.camera import project  # noqa: E402
-from nerfbs.data import landmark_rects  # noqa: E402
-from nerfbs.synth import (FPS, _surface, camera_poses, coefficient_names, make_scene,  # noqa: E402
+from nerfbs.data.camera import project  # noqa: E402
+from nerfbs.data.subject import landmark_rects  # noqa: E402
+from nerfbs.synth.generate import (FPS, _surface, camera_poses, coefficient_names, make_scene,  # noqa: E402
                           tracked_coefficient_tracks)
-from nerfbs.synth_head import DESIGN_SCALE, make_rig  # noqa: E402
-from nerfbs.synth_landmarks import landmarks_3d  # noqa: E402
-from nerfbs.synth_render import TraceSettings, render_heads  # noqa: E402
+from nerfbs.synth.head import DESIGN_SCALE, make_rig  # noqa: E402
+from nerfbs.synth.landmarks import landmarks_3d  # noqa: E402
+from nerfbs.synth.raytrace import TraceSettings, render_heads  # noqa: E402
 
 
 def novelty(c: np.ndarray, held: int, apart: int) -> dict:

@@ -15,14 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.rendering import _sync as sync  # noqa: E402
-from nerfbs import perceptual, train  # noqa: E402
+from nerfbs.train import perceptual
+from nerfbs.train import loop as train  # noqa: E402
 from nerfbs.config import Config, DataConfig, TrainConfig  # noqa: E402
-from nerfbs.workspace import Workspace  # noqa: E402
+from nerfbs.train.workspace import Workspace  # noqa: E402
 from taichi_kernels import runtime  # noqa: E402
 
 

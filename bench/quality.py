@@ -19,9 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nerfbs import evaluate, train  # noqa: E402
+from nerfbs.evaluate import report as evaluate
+from nerfbs.train import loop as train  # noqa: E402
+from nerfbs.render.image import render_with_truth  # noqa: E402
 from nerfbs.config import Config, DataConfig, TrainConfig  # noqa: E402
-from nerfbs.workspace import Workspace  # noqa: E402
+from nerfbs.train.workspace import Workspace  # noqa: E402
 from taichi_kernels import runtime  # noqa: E402
 from taichi_kernels.composite import composite  # noqa: E402
 from taichi_kernels.march import MarchParams, march_rays_train  # noqa: E402
@@ -34,7 +36,7 @@ def sync() -> None:
 
 def render(run: train.TrainRun, frame: int):
     """(prediction, truth) of one frame of the run (or of an ``Avatar``: the same field names)."""
-    return train.render_frame(run.field, run.grid, run.config, run.sampler, run.subject.coeffs, frame)
+    return render_with_truth(run.field, run.grid, run.config.render, run.subject, frame)
 
 
 def score_held_out(run: train.TrainRun) -> dict:
@@ -139,13 +141,13 @@ def mouth_diagnosis(run: train.TrainRun, train_frames: int = 40) -> dict:
 
 def pose_swap_diagnosis(run: train.TrainRun, scene, pairs: int = 40, partners: list[int] | None = None) -> dict:
     """Mouth PSNR of expressions seen from another frame's pose, the truth rendered by the synthetic head
-    (``scene``: ``nerfbs.synth.make_scene`` of the subject): a training expression at a partner's pose, and the
+    (``scene``: ``nerfbs.synth.generate.make_scene`` of the subject): a training expression at a partner's pose, and the
     partner's expression at the training frame's pose, each against the same expression at its own pose.
     Partners are held-out frames unless ``partners`` names others (e.g. other training frames, which tells a
     new pose from a held-out pose). Tells pose generalisation from expression generalisation."""
     import numpy as np
-    from nerfbs.data import landmark_rects
-    from nerfbs.synth import render_frames
+    from nerfbs.data.subject import landmark_rects
+    from nerfbs.synth.generate import render_frames
 
     s, poses = run.subject, run.sampler.poses
     test = [int(i) for i in s.test_indices] if partners is None else list(partners)
@@ -198,7 +200,7 @@ def diagnose_checkpoint(args: argparse.Namespace, device: torch.device) -> None:
     ``--pose-swap N``, for a subject written by ``synthesize(frames=--frames, size=--size, coeffs=46, seed=0)``)
     ``pose_swap_diagnosis`` on N frame pairs."""
     import numpy as np
-    from nerfbs.avatar import load_avatar
+    from nerfbs.export.avatar import load_avatar
 
     avatar = load_avatar(args.checkpoint, device)
     report: dict = {"checkpoint": args.checkpoint, "step": avatar.step, "diagnosis": mouth_diagnosis(avatar)}
@@ -210,7 +212,7 @@ def diagnose_checkpoint(args: argparse.Namespace, device: torch.device) -> None:
     avatar.grid.bitfield.copy_(bits)
     report["test_mouth_every_cell_on"] = float(np.mean([r["mouth"] for r in every_cell["test"]]))
     if args.pose_swap:
-        from nerfbs.synth import make_scene
+        from nerfbs.synth.generate import make_scene
 
         scene = make_scene(args.frames, args.size, avatar.num_coeffs, 0, device)
         report["pose_swap"] = pose_swap_diagnosis(avatar, scene, pairs=args.pose_swap)
@@ -252,7 +254,7 @@ def main() -> None:
 
     subject = args.subject
     if not subject:
-        from nerfbs.synth import synthesize
+        from nerfbs.synth.generate import synthesize
 
         subject = "/tmp/nerfbs-synth"
         t0 = time.perf_counter()
@@ -317,8 +319,8 @@ def main() -> None:
     if args.sheet:
         write_sheet(run, Path(args.sheet))
 
-    from nerfbs.avatar import load_avatar
-    from nerfbs.rendering_job import plan_render, run_job
+    from nerfbs.export.avatar import load_avatar
+    from nerfbs.export.job import plan_render, run_job
 
     avatar = load_avatar(ws.latest, device)
     job = plan_render(avatar, frames="test", nvs=False)

@@ -23,10 +23,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.rendering import _median_ms as timed, _sync as sync  # noqa: E402  (median ms after a warm-up)
-from nerfbs import evaluate, train  # noqa: E402
-from nerfbs.avatar import Avatar, load_avatar  # noqa: E402
-from nerfbs.camera import pixel_rays  # noqa: E402
-from nerfbs.rendering_job import plan_render, run_job  # noqa: E402
+from nerfbs.evaluate import report as evaluate
+from nerfbs.render.image import render_with_truth  # noqa: E402
+from nerfbs.export.avatar import Avatar, load_avatar  # noqa: E402
+from nerfbs.data.camera import image_rays  # noqa: E402
+from nerfbs.export.job import plan_render, run_job  # noqa: E402
 from taichi_kernels import runtime  # noqa: E402
 from taichi_kernels.color_input import color_input  # noqa: E402
 from taichi_kernels.reference.sh import color_input as color_input_torch  # noqa: E402
@@ -48,7 +49,7 @@ def set_variant(avatar: Avatar, base_config, early_stop: float, fused: bool) -> 
 
 def quality(avatar: Avatar, frames: list[int]) -> dict:
     result, _ = evaluate.evaluate_frames(
-        lambda f: train.render_frame(avatar.field, avatar.grid, avatar.config, avatar.sampler, avatar.subject.coeffs, f),
+        lambda f: render_with_truth(avatar.field, avatar.grid, avatar.config.render, avatar.subject, f),
         frames, avatar.subject.face_rects, avatar.subject.mouth_rects, None)
     return {region: round(v["psnr"], 3) for region, v in result.mean().items()}
 
@@ -56,11 +57,7 @@ def quality(avatar: Avatar, frames: list[int]) -> dict:
 def where_time_goes(avatar: Avatar, job, batch: int) -> dict:
     """One batch of ``batch`` held-out frames: the loop's statistics, the field's share, the field's parts."""
     device = avatar.device
-    h, w = job.height, job.width
-    vv, uu = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-    slot = torch.arange(batch, device=device).repeat_interleave(h * w)
-    origins, directions = pixel_rays(job.poses[:batch], job.fx, job.fy, job.cx, job.cy,
-                                     uu.reshape(-1).float().repeat(batch), vv.reshape(-1).float().repeat(batch), slot)
+    origins, directions, slot = image_rays(job.poses[:batch], job.camera)
     background = job.background.reshape(-1, 3).repeat(batch, 1)
     coeffs = job.coeffs[:batch]
     field = avatar.field
@@ -106,7 +103,7 @@ def where_time_goes(avatar: Avatar, job, batch: int) -> dict:
                 "color_mlp_ms": timed(lambda: field.color_net(colour_in)),
                 "whole_field_ms": timed(lambda: field(points, dirs, frames, coeffs)),
             }
-    pixels = batch * h * w
+    pixels = batch * job.camera.height * job.camera.width
     return {"batch": batch, "total_ms": total_ms, "field_ms_in_loop": field_ms[0], "loop_stats": stats,
             "field_points": len_points, "field_points_per_pixel": len_points / pixels, "parts_timed_on": n,
             "occupancy": float(avatar.grid.occupancy_fraction), "parts_on_all_points": parts}
@@ -128,7 +125,7 @@ def main() -> None:
     score = test[:: max(len(test) // args.score_frames, 1)][: args.score_frames]
     report: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                     "checkpoint": args.checkpoint, "step": avatar.step, "frames": len(job),
-                    "size": [job.width, job.height], "batch": args.batch, "variants": {}}
+                    "size": [job.camera.width, job.camera.height], "batch": args.batch, "variants": {}}
     run_job(avatar, job, Path(args.render_dir) / "warmup", batch=args.batch)  # compiles every kernel once
     for name, variant in VARIANTS.items():
         set_variant(avatar, base, *variant)

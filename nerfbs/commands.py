@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from nerfbs.config import Config
-from nerfbs.workspace import Workspace
+from nerfbs.train.workspace import Workspace
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -36,7 +36,7 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Callabl
 
 def _lpips_loader(device):
     def load(needed: bool):
-        from nerfbs.perceptual import load_lpips
+        from nerfbs.train.perceptual import load_lpips
 
         return load_lpips(device, allow_missing=not needed)
 
@@ -46,8 +46,8 @@ def _lpips_loader(device):
 def train_and_report(config: Config, workspace_dir: Path, *, resume: bool, print_table: bool = True) -> dict:
     """``nerfbs train``: load, train with a live progress bar, evaluate the held-out frames, print a table
     (unless the caller prints it later: ``nerfbs demo`` ends with it)."""
-    from nerfbs import checkpoint as ckpt
-    from nerfbs import train
+    from nerfbs.train import checkpoint as ckpt
+    from nerfbs.train import loop as train
     from taichi_kernels import runtime
 
     device = runtime.torch_device()
@@ -85,16 +85,17 @@ def train_and_report(config: Config, workspace_dir: Path, *, resume: bool, print
 
 def evaluate_run(run, out_dir: Path, *, print_table: bool = True) -> dict:
     """Score every held-out frame of a training run and print the table."""
-    from nerfbs import evaluate, train
+    from nerfbs.evaluate import report as evaluate
+    from nerfbs.render.image import render_with_truth
 
-    from nerfbs.perceptual import load_lpips
+    from nerfbs.train.perceptual import load_lpips
 
     frames = [int(i) for i in run.subject.test_indices]
     lpips_model = run.lpips if run.lpips is not None else load_lpips(run.device, allow_missing=True)
     t0 = time.perf_counter()
     with progress_bar("evaluating held-out frames", total=len(frames)) as update:
         result, worst = evaluate.evaluate_frames(
-            lambda f: train.render_frame(run.field, run.grid, run.config, run.sampler, run.subject.coeffs, f),
+            lambda f: render_with_truth(run.field, run.grid, run.config.render, run.subject, f),
             frames, run.subject.face_rects, run.subject.mouth_rects, lpips_model,
             progress=lambda done, total: update(done, total), keep_worst=4)
     paths = evaluate.write_report(result, out_dir, worst)

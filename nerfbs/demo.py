@@ -85,13 +85,14 @@ def run_demo(out: Path, *, minutes: float = 10.0, frames: int = 0, size: int = 0
 
     ``frames`` / ``size`` (0: the device's default) change the synthetic subject; ``steps`` (0: none)
     caps training, which otherwise ends with the time budget."""
-    from nerfbs import commands, evaluate
-    from nerfbs.avatar import load_avatar
+    from nerfbs import commands
+    from nerfbs.evaluate import report as evaluate
+    from nerfbs.export.avatar import load_avatar
     from nerfbs.images import write_png
-    from nerfbs.perceptual import load_lpips
-    from nerfbs.rendering_job import plan_render, run_job
-    from nerfbs.synth import synthesize
-    from nerfbs.video import export_video
+    from nerfbs.train.perceptual import load_lpips
+    from nerfbs.export.job import plan_render, run_job
+    from nerfbs.synth.generate import synthesize
+    from nerfbs.export.video import export_video
     from taichi_kernels import runtime
 
     if minutes <= 0:

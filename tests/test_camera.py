@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from nerfbs.camera import image_rays, pixel_rays, project, renderer_from_stored, stored_from_renderer
+from nerfbs.data.camera import Intrinsics, image_rays, pixel_rays, project, renderer_from_stored, stored_from_renderer
 
 
 def _original_conversion(pose: np.ndarray, scale: float = 0.33) -> np.ndarray:
@@ -64,13 +64,18 @@ def test_pixel_rays_follow_the_format():
     assert depth.item() > 0
 
 
-def test_image_rays_are_row_major():
-    pose = torch.from_numpy(_random_poses(1, seed=2)[0]).float()
-    o, d = image_rays(pose, 50.0, 50.0, 8.0, 6.0, 12, 16)
-    assert o.shape == d.shape == (12 * 16, 3)
-    _, d_px = pixel_rays(pose[None], 50.0, 50.0, 8.0, 6.0, torch.tensor([5.0]), torch.tensor([7.0]),
-                         torch.tensor([0]))
-    torch.testing.assert_close(d[7 * 16 + 5], d_px[0])
+def test_image_rays_are_image_then_row_major():
+    poses = torch.from_numpy(_random_poses(2, seed=2)).float()
+    o, d, index = image_rays(poses, Intrinsics(12, 16, 50.0, 50.0, 8.0, 6.0))
+    assert o.shape == d.shape == (2 * 12 * 16, 3) and index.dtype == torch.int32
+    assert index[:12 * 16].eq(0).all() and index[12 * 16:].eq(1).all()
+    _, d_px = pixel_rays(poses, 50.0, 50.0, 8.0, 6.0, torch.tensor([5.0]), torch.tensor([7.0]), torch.tensor([1]))
+    torch.testing.assert_close(d[12 * 16 + 7 * 16 + 5], d_px[0])
+
+
+def test_intrinsics_resized_scale_with_the_image():
+    half = Intrinsics(12, 16, 50.0, 40.0, 8.0, 6.0).resized(6, 8)
+    assert half == Intrinsics(6, 8, 25.0, 20.0, 4.0, 3.0)
 
 
 def test_bad_shapes_are_rejected():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nerfbs import checkpoint as ckpt
+from nerfbs.train import checkpoint as ckpt
 from nerfbs.config import Config
 from nerfbs.errors import UserError
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from nerfbs import data
-from nerfbs.camera import renderer_from_stored
-from nerfbs.data import RaySampler, load_subject, resolve_subject_path
+from nerfbs.data import subject as data
+from nerfbs.data.camera import renderer_from_stored
+from nerfbs.data.rays import RaySampler
+from nerfbs.data.subject import load_subject, resolve_subject_path
 from nerfbs.errors import UserError
-from nerfbs.synth import synthesize
+from nerfbs.synth.generate import synthesize
 
 FRAMES, SIZE, K, TEST_LAST = 16, 40, 12, 5
 
@@ -150,7 +151,7 @@ def test_sampler_puts_the_mouth_share_inside_the_mouth_rectangle(subject):
     assert float(in_mouth[:, 30:].float().mean()) < 0.5  # the rest is not drawn from the mouth alone
 
 
-def test_patches_and_full_images(subject):
+def test_patches(subject):
     sampler = RaySampler(subject)
     for rect_name, rects in (("mouth", subject.mouth_rects), ("face", subject.face_rects)):
         patch = sampler.sample_patch(FRAMES - 2, rect_name, size=16, generator=torch.Generator().manual_seed(2))
@@ -160,15 +161,10 @@ def test_patches_and_full_images(subject):
         assert (u.view(16, 16)[:, 1:] - u.view(16, 16)[:, :-1] == 1).all()  # rows, then columns
         x0, y0, x1, y1 = rects[FRAMES - 2].tolist()
         assert u.max() >= x0 and u.min() < x1 and v.max() >= y0 and v.min() < y1  # overlaps the rectangle
-    full = sampler.full_image(3, downscale=2)
-    assert full.image_shape == (SIZE // 2, SIZE // 2) and len(full) == (SIZE // 2) ** 2
-    torch.testing.assert_close(full.rgb.view(SIZE // 2, SIZE // 2, 3), subject.images[3, ::2, ::2].float() / 255)
 
 
 def test_ray_through_a_landmark_hits_the_head(subject):
-    sampler = RaySampler(subject)
-    full = sampler.full_image(0)
-    mask = full.mask.view(SIZE, SIZE)
+    mask = subject.frame(0)[1]
     for k in (1, 4, 0, 17):  # nose tip, nose, upper and lower lip: visible from the front
         x, y = subject.landmarks[0, k].round().long().tolist()
         assert mask[y, x] == 1, k
@@ -176,7 +172,7 @@ def test_ray_through_a_landmark_hits_the_head(subject):
 
 def test_missing_head_image_is_skipped(copy, caplog):
     (copy / "head_imgs" / "3.jpg").unlink()
-    with caplog.at_level(logging.WARNING, logger="nerfbs.data"):
+    with caplog.at_level(logging.WARNING, logger="nerfbs.data.subject"):
         s = load_subject(copy, test_last=TEST_LAST, device="cpu")
     assert s.num_frames == FRAMES - 1 and 3 not in s.img_ids
     assert any("3.jpg" in r.getMessage() for r in caplog.records)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nerfbs.distortion import ray_distortion
+from nerfbs.render.distortion import ray_distortion
 
 COUNTS = [0, 1, 5, 17, 0, 40, 3]
 EDGE = 0.12

@@ -6,7 +6,7 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from nerfbs import metrics
+from nerfbs.evaluate import metrics
 
 
 def _images(seed: int, h: int = 24, w: int = 30) -> tuple[np.ndarray, np.ndarray]:

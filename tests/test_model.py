@@ -1,7 +1,7 @@
 import torch
 
 from nerfbs.config import ModelConfig
-from nerfbs.model import MLP, BlendShapeField
+from nerfbs.field import MLP, BlendShapeField
 from taichi_kernels.grid_layout import GridConfig
 
 

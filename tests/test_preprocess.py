@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from nerfbs.camera import project
-from nerfbs.data import load_subject
+from nerfbs.data.camera import project
+from nerfbs.data.subject import load_subject
 from nerfbs.errors import UserError
-from nerfbs.preprocess import HEAD_CENTRE, HEAD_SCALE, preprocess_video
-from nerfbs.tracking import canonical_face, one_euro, read_frames, resolve_landmarker, smooth_rigid
+from nerfbs.preprocess.pipeline import HEAD_CENTRE, HEAD_SCALE, preprocess_video
+from nerfbs.preprocess.tracking import canonical_face, one_euro, read_frames, resolve_landmarker, smooth_rigid
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 LANDMARKER = SHARED / "models" / "face_landmarker_v2_with_blendshapes.task"

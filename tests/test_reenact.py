@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from nerfbs import reenact, views
-from nerfbs.camera import pixel_rays, project
-from nerfbs.data import MOUTH_POINTS
+from nerfbs.export import expressions as reenact
+from nerfbs.export import views
+from nerfbs.data.camera import pixel_rays, project
+from nerfbs.data.subject import MOUTH_POINTS
 from nerfbs.errors import UserError
 from tiny import invoke, read_rgb
 
@@ -168,7 +169,7 @@ def _mouth_point(subject) -> torch.Tensor:
 def _localised_jaw_checkpoint(run, out_path, radius=0.003):
     """A copy of the run's checkpoint whose jaw table (basis 1) is zero except near the mouth; returns the
     mouth point [3] and the radius [world units] of the region whose field the jaw coefficient now changes."""
-    from nerfbs.avatar import load_avatar
+    from nerfbs.export.avatar import load_avatar
     from taichi_kernels.hash_grid import blended_hash_encode
 
     avatar = load_avatar(run.checkpoint)

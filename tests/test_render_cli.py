@@ -83,8 +83,8 @@ def test_render_alpha_scale_orbit_and_default_folder(tiny_run, tmp_path):
 
 # -------------------------------------------------------------------------------------------------------- eval
 def test_eval_matches_a_direct_computation(tiny_run, tmp_path):
-    from nerfbs.avatar import load_avatar
-    from nerfbs.train import render_frame
+    from nerfbs.export.avatar import load_avatar
+    from nerfbs.render.image import render_with_truth
 
     out = tmp_path / "eval"
     result = invoke("eval", tiny_run.checkpoint, "--out", out)
@@ -97,8 +97,8 @@ def test_eval_matches_a_direct_computation(tiny_run, tmp_path):
     assert [row["frame"] for row in report["per_frame"]] == frames
     psnrs = []
     for row in report["per_frame"]:
-        pred, truth = render_frame(avatar.field, avatar.grid, avatar.config, avatar.sampler, avatar.subject.coeffs,
-                                   row["frame"])
+        pred, truth = render_with_truth(avatar.field, avatar.grid, avatar.config.render, avatar.subject,
+                                        row["frame"])
         x0, y0, x1, y1 = avatar.subject.mouth_rects[row["frame"]].tolist()
         for region, (p, t) in {"full": (pred, truth), "mouth": (pred[y0:y1, x0:x1], truth[y0:y1, x0:x1])}.items():
             expected = -10 * math.log10(float(np.mean((p.astype(np.float64) - t.astype(np.float64)) ** 2)))

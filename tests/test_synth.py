@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from nerfbs.data import load_subject
+from nerfbs.data.subject import load_subject
 from nerfbs.errors import UserError
-from nerfbs.synth import (ARKIT_BY_PRIORITY, coefficient_names, coefficient_tracks, head_motion, make_scene,
+from nerfbs.synth.generate import (ARKIT_BY_PRIORITY, coefficient_names, coefficient_tracks, head_motion, make_scene,
                           render_frames, synthesize, tracked_coefficient_tracks, write_preview)
 
 FRAMES, SIZE = 12, 48
@@ -169,7 +169,7 @@ def test_preview(subject_dir, tmp_path):
 
 
 def _rig(**controls):
-    from nerfbs.synth_head import CONTROL_INDEX, CONTROLS, make_rig
+    from nerfbs.synth.head import CONTROL_INDEX, CONTROLS, make_rig
 
     c = torch.zeros(1, len(CONTROLS), dtype=torch.float64)
     for name, value in controls.items():
@@ -179,7 +179,7 @@ def _rig(**controls):
 
 def test_one_sided_expressions_deform_the_lips_continuously():
     """A left-only control must not cut a step into the face at the midline."""
-    from nerfbs.synth_head import MOUTH_Y, sdf
+    from nerfbs.synth.head import MOUTH_Y, sdf
 
     rig = _rig(upper_up_L=1.0, lower_down_L=1.0, press_L=1.0, smile_L=1.0, width_L=1.0)
     y = torch.linspace(MOUTH_Y - 0.15, MOUTH_Y + 0.15, 61, dtype=torch.float64)
@@ -193,7 +193,7 @@ def test_one_sided_expressions_deform_the_lips_continuously():
 
 def test_a_closed_mouth_has_no_cavity():
     """No sliver of the mouth cavity is carved (or painted dark) when the lips are together."""
-    from nerfbs.synth_head import MOUTH_Y, parts
+    from nerfbs.synth.head import MOUTH_Y, parts
 
     x = torch.linspace(-0.4, 0.4, 81, dtype=torch.float64)
     y = torch.linspace(MOUTH_Y - 0.05, MOUTH_Y + 0.05, 41, dtype=torch.float64)

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import torch
 
-from nerfbs import train
-from nerfbs.checkpoint import load_checkpoint
+from nerfbs.train import loop as train
+from nerfbs.train.checkpoint import load_checkpoint
 from nerfbs.config import Config, DataConfig, TrainConfig
-from nerfbs.data import load_subject
-from nerfbs.workspace import Workspace
+from nerfbs.data.subject import load_subject
+from nerfbs.train.workspace import Workspace
 from tiny import TINY_MODEL, TINY_RENDER, invoke, one_line_error
 
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from nerfbs.errors import UserError
-from nerfbs.video import export_video, list_frames, read_rgb
+from nerfbs.export.video import export_video, list_frames, read_rgb
 
 
 def _write(path: Path, h: int, w: int, rgb: tuple[int, int, int]) -> None:

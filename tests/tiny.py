@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import nerfbs.checkpoint  # noqa: F401  (imported before the patch below, so it binds the real Config)
+import nerfbs.train.checkpoint  # noqa: F401  (imported before the patch below, so it binds the real Config)
 import nerfbs.commands  # noqa: F401
 import nerfbs.config
-import nerfbs.train  # noqa: F401
+import nerfbs.train.loop  # noqa: F401
 from cli import app
 from nerfbs.config import Config, ModelConfig, RenderConfig
 from taichi_kernels.grid_layout import GridConfig

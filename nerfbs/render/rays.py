@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from nerfbs.config import RenderConfig
-from nerfbs.distortion import ray_distortion
-from nerfbs.model import BlendShapeField
+from nerfbs.render.distortion import ray_distortion
+from nerfbs.field import BlendShapeField
 from taichi_kernels.composite import composite
 from taichi_kernels.march import MarchParams, march_rays_train, render_rays_inference
 from taichi_kernels.occupancy import OccupancyGrid
@@ -34,7 +34,7 @@ def render_rays_train(field: BlendShapeField, grid: OccupancyGrid, config: Rende
                       distortion: bool = False) -> RenderOutput:
     """Differentiable render of R rays: origins/directions [R, 3], ray_frame [R] int32 rows of coeffs [F, K],
     background [R, 3]. Gradients reach the field's parameters and ``coeffs``. ``distortion`` also returns each
-    ray's distortion (``nerfbs.distortion``)."""
+    ray's distortion (``nerfbs.render.distortion``)."""
     samples = march_rays_train(origins, directions, grid, MarchParams.from_render_config(config), jitter=jitter, generator=generator)
     frame_index = ray_frame[samples.ray_index.long()].int()  # [M]
     sigma, rgb = field(samples.positions, samples.directions, frame_index, coeffs)

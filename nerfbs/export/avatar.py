@@ -11,12 +11,13 @@ from typing import Optional
 
 import torch
 
-from nerfbs import checkpoint as ckpt
+from nerfbs.train import checkpoint as ckpt
 from nerfbs.config import Config
-from nerfbs.data import RaySampler, Subject, load_subject
+from nerfbs.data.rays import RaySampler
+from nerfbs.data.subject import Subject, load_subject
 from nerfbs.errors import UserError
-from nerfbs.model import BlendShapeField
-from nerfbs.render import make_occupancy_grid
+from nerfbs.field import BlendShapeField
+from nerfbs.render.rays import make_occupancy_grid
 from taichi_kernels.occupancy import OccupancyGrid
 
 log = logging.getLogger(__name__)

@@ -91,7 +91,7 @@ def ssim(pred, target, rect: Rect | None = None) -> float:
 
 
 def lpips_distance(model: torch.nn.Module, pred, target, rect: Rect | None = None) -> float:
-    """LPIPS distance from ``model`` (``nerfbs.perceptual.load_lpips``) between the two images or their crops. A
+    """LPIPS distance from ``model`` (``nerfbs.train.perceptual.load_lpips``) between the two images or their crops. A
     crop smaller than 16 pixels on a side is first enlarged bilinearly so that its short side is 16."""
     pred, target = _crop_pair(pred, target, rect)
     device = next(model.parameters()).device

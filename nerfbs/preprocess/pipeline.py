@@ -9,7 +9,7 @@
    own 63 degrees by default; the tracked translation is rescaled for another). The head is fixed in
    world space: world = HEAD_SCALE * (canonical face point in cm - HEAD_CENTRE), inside the default
    scene cube [-0.06, 0.06]^3; the moving camera is written with ``stored_from_renderer``.
-4. Mask and background (``nerfbs.preprocess_mask``), then the subject is written by ``SubjectWriter``.
+4. Mask and background (``nerfbs.preprocess.masks``), then the subject is written by ``SubjectWriter``.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 
 from nerfbs.errors import UserError
-from nerfbs.layout import SubjectWriter
-from nerfbs.preprocess_mask import (Camera, estimate_background, head_mask, neck_points, person_prior, project,
+from nerfbs.data.writer import SubjectWriter
+from nerfbs.preprocess.masks import (Camera, estimate_background, head_mask, neck_points, person_prior, project,
                                     skull_points)
-from nerfbs.tracking import (MEDIAPIPE_FOV_DEGREES, Progress, Track, probe_video, read_frames, resolve_landmarker,
+from nerfbs.preprocess.tracking import (MEDIAPIPE_FOV_DEGREES, Progress, Track, probe_video, read_frames, resolve_landmarker,
                              smooth_rigid, track_video, zero_lag_one_euro)
 
 log = logging.getLogger(__name__)

@@ -8,12 +8,31 @@ translation along P's rotation applied to that point, normalised. Nothing here i
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 FORMAT_SCALE = 0.33
 _ROWS = [1, 2, 0]  # renderer row i is stored row _ROWS[i]
 _FLIP = (1.0, -1.0, -1.0)  # column signs of the 3x3 block
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """A pinhole camera's image size (pixels) and intrinsics (pixels; no half-pixel offset, FORMAT.md)."""
+
+    height: int
+    width: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    def resized(self, height: int, width: int) -> "Intrinsics":
+        """The same camera seeing an image of ``height`` x ``width``: focal lengths and centre scale with it."""
+        sy, sx = height / self.height, width / self.width
+        return Intrinsics(height, width, self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy)
 
 
 def _check_pose(m, name: str) -> None:
@@ -71,18 +90,21 @@ def pixel_rays(poses: torch.Tensor, fx: float, fy: float, cx: float, cy: float,
     return p[:, :3, 3].contiguous(), directions
 
 
-def image_rays(pose: torch.Tensor, fx: float, fy: float, cx: float, cy: float,
-               height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rays of every pixel of one camera, row-major (index v * width + u).
+def image_rays(poses: torch.Tensor, camera: Intrinsics) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rays of every pixel of B cameras that share ``camera``'s intrinsics, image-major then row-major
+    (index b * H * W + v * W + u).
 
-    pose [4, 4] renderer camera-to-world. Returns origins [H*W, 3] and unit directions [H*W, 3].
+    poses [B, 4, 4] (or one [4, 4]) renderer camera-to-world. Returns origins [B*H*W, 3], unit directions
+    [B*H*W, 3] (poses' dtype) and each ray's image index [B*H*W] int32.
     """
-    _check_pose(pose, "image_rays")
-    vv, uu = torch.meshgrid(torch.arange(height, device=pose.device, dtype=pose.dtype),
-                            torch.arange(width, device=pose.device, dtype=pose.dtype), indexing="ij")
-    u, v = uu.reshape(-1), vv.reshape(-1)
-    index = torch.zeros(u.shape[0], dtype=torch.long, device=pose.device)
-    return pixel_rays(pose[None], fx, fy, cx, cy, u, v, index)
+    _check_pose(poses, "image_rays")
+    poses = poses.reshape(-1, 4, 4)
+    b, h, w, device = poses.shape[0], camera.height, camera.width, poses.device
+    vv, uu = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    u, v = uu.reshape(-1).repeat(b), vv.reshape(-1).repeat(b)  # [B*H*W]
+    index = torch.arange(b, device=device, dtype=torch.int32).repeat_interleave(h * w)
+    origins, directions = pixel_rays(poses, camera.fx, camera.fy, camera.cx, camera.cy, u, v, index)
+    return origins, directions, index
 
 
 def project(points: torch.Tensor, pose: torch.Tensor, fx: float, fy: float, cx: float, cy: float

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from nerfbs.atomic import atomic_path, write_text
-from nerfbs.camera import FORMAT_SCALE, renderer_from_stored, stored_from_renderer
+from nerfbs.data.camera import FORMAT_SCALE, renderer_from_stored, stored_from_renderer
 
 __all__ = ["SubjectWriter", "renderer_from_stored", "stored_from_renderer", "HEAD_BLUE", "NUM_LANDMARKS"]
 

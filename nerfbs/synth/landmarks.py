@@ -15,7 +15,7 @@ from functools import cache
 import numpy as np
 import torch
 
-from nerfbs.synth_head import EYE, EYE_R, LID_R, MOUTH_Y, Rig, jaw_weight
+from nerfbs.synth.head import EYE, EYE_R, LID_R, MOUTH_Y, Rig, jaw_weight
 
 NUM_LANDMARKS = 478
 

@@ -18,13 +18,14 @@ from typing import Callable, Optional, Sequence
 import cv2
 import torch
 
-from nerfbs import reenact, views
+from nerfbs.export import expressions as reenact
+from nerfbs.export import views
 from nerfbs.atomic import write_text
-from nerfbs.avatar import Avatar
-from nerfbs.camera import pixel_rays
+from nerfbs.export.avatar import Avatar
+from nerfbs.data.camera import Intrinsics
 from nerfbs.errors import UserError
 from nerfbs.images import write_png
-from nerfbs.render import render_rays
+from nerfbs.render.image import render_images
 
 BACKGROUNDS = ("dataset", "white", "alpha")
 CAMERAS = ("dataset", "orbit")
@@ -41,12 +42,7 @@ class RenderJob:
     names: list[str]
     poses: torch.Tensor
     coeffs: torch.Tensor
-    height: int
-    width: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
+    camera: Intrinsics
     background: torch.Tensor
     alpha: bool = False
     sources: list[dict] = field(default_factory=list)  # per output frame: where its pose and coefficients came from
@@ -135,9 +131,8 @@ def plan_render(avatar: Avatar, *, frames: str = "test", background: str = "data
         names = [n for i in range(count) for n in (f"{i:04d}", f"{i:04d}_nvs")]
 
     height, width = output_size(s.height, s.width, scale)
-    sx, sy = width / s.width, height / s.height
-    return RenderJob(names=names, poses=poses.float(), coeffs=rows.float().to(avatar.device), height=height,
-                     width=width, fx=s.fx * sx, fy=s.fy * sy, cx=s.cx * sx, cy=s.cy * sy,
+    return RenderJob(names=names, poses=poses.float(), coeffs=rows.float().to(avatar.device),
+                     camera=s.intrinsics.resized(height, width),
                      background=background_image(avatar, background, height, width), alpha=background == "alpha",
                      sources=sources, notes=notes)
 
@@ -168,11 +163,6 @@ def run_job(avatar: Avatar, job: RenderJob, out_dir: Path, *, batch: int = 4,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_outputs(out_dir)
-    device = avatar.device
-    h, w = job.height, job.width
-    vv, uu = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-    u, v = uu.reshape(-1).float(), vv.reshape(-1).float()  # [H*W]
-    background = job.background.reshape(-1, 3)  # [H*W, 3]
     total = len(job)
     seconds, first_batch = 0.0, 0.0
     pending: list[Future] = []
@@ -181,12 +171,9 @@ def run_job(avatar: Avatar, job: RenderJob, out_dir: Path, *, batch: int = 4,
             end = min(start + batch, total)
             b = end - start
             t0 = time.perf_counter()
-            slot = torch.arange(b, device=device).repeat_interleave(h * w)  # [B*H*W]
-            origins, directions = pixel_rays(job.poses[start:end], job.fx, job.fy, job.cx, job.cy,
-                                             u.repeat(b), v.repeat(b), slot)
-            rgb, opacity, _ = render_rays(avatar.field, avatar.grid, avatar.config.render, origins, directions,
-                                          slot.to(torch.int32), job.coeffs[start:end], background.repeat(b, 1))
-            pixels = _to_pixels(rgb.reshape(b, h, w, 3), opacity.reshape(b, h, w), job.alpha).cpu().numpy()
+            images = render_images(avatar.field, avatar.grid, avatar.config.render, job.poses[start:end], job.camera,
+                                   job.coeffs[start:end], job.background)
+            pixels = _to_pixels(images.rgb, images.opacity, job.alpha).cpu().numpy()
             elapsed = time.perf_counter() - t0
             seconds += elapsed
             if start == 0:
@@ -199,7 +186,7 @@ def run_job(avatar: Avatar, job: RenderJob, out_dir: Path, *, batch: int = 4,
                 progress(end, total)
         for f in pending:
             f.result()
-    manifest = {"checkpoint": str(avatar.checkpoint), "step": avatar.step, "size": [w, h], "alpha": job.alpha,
+    manifest = {"checkpoint": str(avatar.checkpoint), "step": avatar.step, "size": [job.camera.width, job.camera.height], "alpha": job.alpha,
                 "frames": job.sources, "names": job.names}
     write_text(out_dir / "render.json", json.dumps(manifest, indent=1))
     steady = total - min(batch, total)

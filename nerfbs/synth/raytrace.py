@@ -1,7 +1,7 @@
 """Render frames of the procedural head: sphere tracing the SDF of ``synth_head``, shading, and
 compositing over a static background with a torso (ori image), its head-only version and the parsing.
 
-Rays are those of the layout (``nerfbs.camera.pixel_rays``: pixel (u, v) with no half-pixel offset), so
+Rays are those of the layout (``nerfbs.data.camera.pixel_rays``: pixel (u, v) with no half-pixel offset), so
 the head image's pixels are exactly what a NeRF trained on them is asked for. Only pixels inside the
 projected bounding sphere of the head are traced, many frames per pass, with a bounded step count and
 compaction of the still-marching rays; silhouettes are anti-aliased by the rays' closest approach (the
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from nerfbs.camera import pixel_rays
-from nerfbs.synth_head import DESIGN_SCALE, LIPSCHITZ, Rig, albedo, normals, sdf
+from nerfbs.data.camera import pixel_rays
+from nerfbs.synth.head import DESIGN_SCALE, LIPSCHITZ, Rig, albedo, normals, sdf
 
 HEAD_BOX = ((-0.9, -1.47, -1.12), (0.9, 1.38, 1.12))  # design-unit bounds of the head (and neck)
 BOUND_CENTRE = (0.0, -0.05, 0.0)

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from nerfbs import metrics
+from nerfbs.evaluate import metrics
 from nerfbs.atomic import write_text
 from nerfbs.images import error_grid, write_png
 

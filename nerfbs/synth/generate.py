@@ -21,12 +21,12 @@ import cv2
 import numpy as np
 import torch
 
-from nerfbs.camera import project
+from nerfbs.data.camera import project
 from nerfbs.errors import UserError
-from nerfbs.layout import SubjectWriter
-from nerfbs.synth_head import CONTROL_INDEX, CONTROLS, DESIGN_SCALE, make_rig
-from nerfbs.synth_landmarks import landmarks_3d
-from nerfbs.synth_render import TraceSettings, background, render_heads, torso, trace
+from nerfbs.data.writer import SubjectWriter
+from nerfbs.synth.head import CONTROL_INDEX, CONTROLS, DESIGN_SCALE, make_rig
+from nerfbs.synth.landmarks import landmarks_3d
+from nerfbs.synth.raytrace import TraceSettings, background, render_heads, torso, trace
 
 FPS = 25.0
 CAMERA_DISTANCE = 0.3  # world units from the head
@@ -153,7 +153,7 @@ def tracked_coefficient_tracks(subject_dir: str | os.PathLike, names: list[str],
     """Coefficients [frames, len(names)] in [0, 1] taken by name from a tracked subject (``nerfbs preprocess``
     writes MediaPipe's ARKit names as ``exp_names`` in transforms.json), linearly resampled in time to ``frames``.
     A real face moves its coefficients together: few independent directions, unlike ``coefficient_tracks``."""
-    from nerfbs.data import read_expressions
+    from nerfbs.data.subject import read_expressions
 
     have, exp = read_expressions(subject_dir)
     have = have if have is not None and len(have) == exp.shape[1] else []
@@ -319,7 +319,7 @@ def write_preview(subject_dir: str | os.PathLike, out_png: str | os.PathLike, *,
     """A contact sheet of ``frames`` evenly spaced frames: ori image with landmarks and the face (green),
     mouth (red) and eye (yellow) rectangles, head image, parsing. Returns the PNG's path."""
     from nerfbs.atomic import atomic_path
-    from nerfbs.data import load_subject
+    from nerfbs.data.subject import load_subject
 
     subject = load_subject(subject_dir, test_last=0, device="cpu")
     n = subject.num_frames

@@ -17,15 +17,17 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from nerfbs import checkpoint as ckpt
+from nerfbs.train import checkpoint as ckpt
 from nerfbs.config import Config, TrainConfig
-from nerfbs.data import RaySampler, Subject, load_subject
+from nerfbs.data.rays import RaySampler
+from nerfbs.data.subject import Subject, load_subject
 from nerfbs.errors import UserError
 from nerfbs.images import error_grid, write_png
-from nerfbs.model import BlendShapeField
-from nerfbs.plot import write_curves
-from nerfbs.render import make_occupancy_grid, render_rays, render_rays_train, update_occupancy
-from nerfbs.workspace import Workspace
+from nerfbs.field import BlendShapeField
+from nerfbs.train.plot import write_curves
+from nerfbs.render.image import render_with_truth
+from nerfbs.render.rays import make_occupancy_grid, render_rays_train, update_occupancy
+from nerfbs.train.workspace import Workspace
 from taichi_kernels.occupancy import OccupancyGrid
 
 log = logging.getLogger(__name__)
@@ -165,19 +167,6 @@ def _patch_loss(run: TrainRun, frame: torch.Tensor, rect: str) -> torch.Tensor:
     return cfg.lpips_weight * (run.lpips(pred, truth).mean() + (pred - truth).abs().mean())
 
 
-@torch.no_grad()
-def render_frame(field: BlendShapeField, grid: OccupancyGrid, config: Config, sampler: RaySampler,
-                 coeffs: torch.Tensor, frame: int) -> tuple[np.ndarray, np.ndarray]:
-    """Render one frame of the subject at full size with its own pose and coefficients.
-
-    Returns (prediction, truth) as float32 [H, W, 3] numpy images in [0, 1]."""
-    rays = sampler.full_image(frame)
-    rgb, _, _ = render_rays(field, grid, config.render, rays.origins, rays.directions, rays.frame_slot,
-                            coeffs[frame].unsqueeze(0), rays.background)
-    h, w = sampler.subject.height, sampler.subject.width
-    return rgb.reshape(h, w, 3).clamp(0, 1).cpu().numpy(), rays.rgb.reshape(h, w, 3).cpu().numpy()
-
-
 def validation_frames(subject: Subject) -> list[int]:
     """Every 70th held-out frame, as the original validates."""
     return [int(i) for i in subject.test_indices[::70]]
@@ -187,7 +176,7 @@ def validate(run: TrainRun) -> dict[str, float]:
     """Render one held-out frame (cycling through the validation frames), save the comparison grid."""
     frames = validation_frames(run.subject)
     frame = frames[(run.step // max(run.config.train.validate_every, 1)) % len(frames)]
-    pred, truth = render_frame(run.field, run.grid, run.config, run.sampler, run.subject.coeffs, frame)
+    pred, truth = render_with_truth(run.field, run.grid, run.config.render, run.subject, frame)
     mse = float(np.mean((pred - truth) ** 2))
     write_png(run.workspace.validation(run.step), error_grid(pred, truth))
     return {"val_psnr": -10.0 * math.log10(max(mse, 1e-10)), "val_frame": frame}
