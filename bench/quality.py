@@ -26,7 +26,8 @@ from nerfbs.config import Config, DataConfig, TrainConfig  # noqa: E402
 from nerfbs.train.workspace import Workspace  # noqa: E402
 from taichi_kernels import runtime  # noqa: E402
 from taichi_kernels.composite import composite  # noqa: E402
-from taichi_kernels.march import MarchParams, march_rays_train  # noqa: E402
+from taichi_kernels.march import march_rays_train  # noqa: E402
+from taichi_kernels.samples import MarchParams  # noqa: E402
 
 
 def sync() -> None:

@@ -30,8 +30,9 @@ from nerfbs.data.camera import image_rays  # noqa: E402
 from nerfbs.export.job import plan_render, run_job  # noqa: E402
 from taichi_kernels import runtime  # noqa: E402
 from taichi_kernels.color_input import color_input  # noqa: E402
-from taichi_kernels.reference.sh import color_input as color_input_torch  # noqa: E402
-from taichi_kernels.march import MarchParams, render_rays_inference  # noqa: E402
+from taichi_kernels.reference.color_input import color_input as color_input_torch  # noqa: E402
+from taichi_kernels.inference import render_rays_inference  # noqa: E402
+from taichi_kernels.samples import MarchParams  # noqa: E402
 
 VARIANTS = {  # name: (display_early_stop, fused MLP layers)
     "stop1e-4_unfused": (1e-4, False),

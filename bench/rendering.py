@@ -18,7 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from taichi_kernels import march, runtime  # noqa: E402
+from nerfbs.config import RenderConfig  # noqa: E402
+from taichi_kernels import inference, march, runtime  # noqa: E402
+from taichi_kernels.samples import MarchParams  # noqa: E402
 from taichi_kernels.composite import composite  # noqa: E402
 from taichi_kernels.occupancy import OccupancyGrid  # noqa: E402
 
@@ -131,7 +133,7 @@ def bench_inference(device, grid, params, size=512, samples_per_round=8):
     field = sphere_field()
 
     def render(fn=field, stats=None):
-        return march.render_rays_inference(origins, directions, frames, fn, grid, params, background,
+        return inference.render_rays_inference(origins, directions, frames, fn, grid, params, background,
                                            samples_per_round=samples_per_round, stats=stats)
 
     total = _median_ms(render)
@@ -224,7 +226,7 @@ def profile_breakdown(device, grid, params, size=512):
     rgb.requires_grad_(True)
 
     def render():
-        march.render_rays_inference(origins, directions, frames, field, grid, params, background)
+        inference.render_rays_inference(origins, directions, frames, field, grid, params, background)
 
     def composite_fwd_bwd():
         out_rgb, opacity, _ = composite(sigma, rgb, s.t, s.dt, s.ray_offsets, s.ray_counts, background[:s.ray_counts.shape[0]])
@@ -341,7 +343,7 @@ def coefficient_set_study(device, resolution=64, updates=8, test_frames=200, thr
 
 def bench_rendering(study=True) -> dict:
     device = runtime.torch_device()
-    params = march.MarchParams(bound=BOUND)
+    params = MarchParams.from_render_config(RenderConfig(bound=BOUND))
     grid = _sphere_grid(device)
     out = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

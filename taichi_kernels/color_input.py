@@ -2,7 +2,7 @@
 
 ``color_input(directions [N, 3], density_out [N, 1 + G], degree) -> [N, degree^2 + G]``: columns
 ``0 : degree^2`` are the real spherical harmonics of the unit directions (bands 0 to degree - 1, the
-order of ``reference.sh.spherical_harmonics``), the rest is ``density_out[:, 1:]`` (the density MLP's
+order of ``reference.color_input.spherical_harmonics``), the rest is ``density_out[:, 1:]`` (the density MLP's
 output without its density column). The output has ``density_out``'s dtype (float16 under autocast).
 
 In torch this is ~30 elementwise launches for the harmonics, a cast and a concatenation, each a pass

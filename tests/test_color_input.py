@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from taichi_kernels import color_input as kernel
-from taichi_kernels.reference import sh as reference
+from taichi_kernels.reference import color_input as reference
 
 
 def unit_directions(n: int, seed: int) -> torch.Tensor:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from taichi_kernels import composite as kernels
-from taichi_kernels.reference import rendering as ref
+from taichi_kernels.reference import composite as ref
 
 # Rays of different lengths, empty ones included; ray 5 is dense enough to terminate early.
 COUNTS = [0, 1, 5, 17, 0, 40, 3, 12]

@@ -1,14 +1,23 @@
+import dataclasses
 import math
 
 import pytest
 import torch
 
+from nerfbs.config import RenderConfig
 from taichi_kernels import composite as comp
-from taichi_kernels import march
+from taichi_kernels import inference, march
 from taichi_kernels.occupancy import OccupancyGrid
-from taichi_kernels.reference import rendering as ref
+from taichi_kernels.reference import inference as ref_inference
+from taichi_kernels.reference import march as ref
+from taichi_kernels.samples import MarchParams
 
 BOUND = 0.06
+
+
+def _params(**overrides) -> MarchParams:
+    """The renderer's marching parameters (from ``RenderConfig``, as nerfbs builds them) over the test's box."""
+    return dataclasses.replace(MarchParams.from_render_config(RenderConfig(bound=BOUND)), **overrides)
 
 
 def _blobs(points, frame_index, coeffs):
@@ -59,7 +68,7 @@ def test_training_samples_are_in_occupied_cells_and_ordered(jitter):
     grid.update(_blobs, torch.ones(1, 1), step=0, generator=torch.Generator().manual_seed(0))
     assert 0.01 < grid.occupancy_fraction < 0.5
     origins, directions = _camera_rays(200)
-    params = march.MarchParams(bound=BOUND)
+    params = _params()
     s = march.march_rays_train(origins, directions, grid, params, jitter=jitter,
                                generator=torch.Generator().manual_seed(1))
     m, rays = s.num_samples, origins.shape[0]
@@ -89,14 +98,14 @@ def test_marching_matches_twin_and_respects_the_step_cap():
     grid = OccupancyGrid(bound=BOUND, resolution=32)
     grid.update(_blobs, torch.ones(1, 1), step=0, generator=torch.Generator().manual_seed(0))
     origins, directions = _camera_rays(100, seed=3)
-    params = march.MarchParams(bound=BOUND)
+    params = _params()
     s = march.march_rays_train(origins, directions, grid, params, jitter=False)
     r = ref.march_rays_train(origins, directions, grid, params, jitter=False)
     agree = s.ray_counts == r.ray_counts
     assert agree.float().mean() >= 0.95  # a rounding difference may flip one boundary decision
     if agree.all():
         torch.testing.assert_close(s.t, r.t, atol=1e-6, rtol=0)
-    capped = march.march_rays_train(origins, directions, grid, march.MarchParams(bound=BOUND, max_steps_per_ray=7),
+    capped = march.march_rays_train(origins, directions, grid, _params(max_steps_per_ray=7),
                                     jitter=False)
     assert int(capped.ray_counts.max()) == 7
     torch.testing.assert_close(capped.ray_counts, s.ray_counts.clamp_max(7))
@@ -106,12 +115,12 @@ def test_empty_grid_and_empty_batches_give_no_samples():
     grid = OccupancyGrid(bound=BOUND, resolution=16)
     grid.update(lambda p, f, c: torch.zeros(p.shape[0]), torch.ones(1, 1), step=0)
     origins, directions = _camera_rays(20)
-    params = march.MarchParams(bound=BOUND)
+    params = _params()
     s = march.march_rays_train(origins, directions, grid, params, jitter=True)
     assert s.num_samples == 0 and (s.ray_counts == 0).all() and s.ray_offsets.shape == (origins.shape[0],)
     s0 = march.march_rays_train(origins[:0], directions[:0], grid, params, jitter=False)
     assert s0.num_samples == 0 and s0.ray_counts.shape == (0,) and s0.positions.shape == (0, 3)
-    rgb, opacity, depth = march.render_rays_inference(origins[:0], directions[:0], torch.zeros(0, dtype=torch.int32),
+    rgb, opacity, depth = inference.render_rays_inference(origins[:0], directions[:0], torch.zeros(0, dtype=torch.int32),
                                                       _sphere_field(10.0, 0.04), grid, params, torch.zeros(0, 3))
     assert rgb.shape == (0, 3) and opacity.shape == (0,) and depth.shape == (0,)
 
@@ -138,7 +147,7 @@ def test_constant_density_sphere_matches_closed_form_opacity():
     # Grid from a sphere dilated by a cell diagonal, so every cell the sphere touches is occupied.
     grid = _sphere_grid(radius + math.sqrt(3) * 2 * BOUND / 32)
     origins, directions = _image_rays(8)
-    params = march.MarchParams(bound=BOUND, min_step=2e-5, max_step=2e-5, max_steps_per_ray=8192)
+    params = _params(min_step=2e-5, max_step=2e-5, max_steps_per_ray=8192)
     s = march.march_rays_train(origins, directions, grid, params, jitter=True,
                                generator=torch.Generator().manual_seed(0))
     field = _sphere_field(sigma, radius)
@@ -157,15 +166,15 @@ def test_inference_loop_equals_training_path_without_jitter():
     origins, directions = _image_rays(16)
     frames = torch.arange(origins.shape[0], dtype=torch.int32) % 3
     background = torch.rand(origins.shape[0], 3, generator=torch.Generator().manual_seed(0))
-    params = march.MarchParams(bound=BOUND)
+    params = _params(early_stop=1e-4)  # training's threshold: rays that hit the dense sphere stop early
     field = _sphere_field(400.0, radius)  # dense: most rays that hit it stop early
     s = march.march_rays_train(origins, directions, grid, params, jitter=False)
     sig, rgb = field(s.positions, s.directions, frames[s.ray_index.long()])
     train = comp.composite(sig, rgb, s.t, s.dt, s.ray_offsets, s.ray_counts, background, early_stop=params.early_stop)
     stats = {}
-    infer = march.render_rays_inference(origins, directions, frames, field, grid, params, background,
+    infer = inference.render_rays_inference(origins, directions, frames, field, grid, params, background,
                                         samples_per_round=4, stats=stats)
-    twin = ref.render_rays_inference(origins, directions, frames, field, grid, params, background)
+    twin = ref_inference.render_rays_inference(origins, directions, frames, field, grid, params, background)
     assert stats["rounds"] > 2 and stats["host_syncs"] == 2 * stats["rounds"] + 1
     assert (train[1] > 0.999).sum() > 20
     for name, a, b, c in zip(("rgb", "opacity", "depth"), infer, train, twin):
@@ -177,6 +186,6 @@ def test_mismatched_grid_is_refused():
     grid = OccupancyGrid(bound=0.1, resolution=8)
     origins, directions = _camera_rays(4)
     with pytest.raises(ValueError, match="bound"):
-        march.march_rays_train(origins, directions, grid, march.MarchParams(bound=BOUND), jitter=False)
+        march.march_rays_train(origins, directions, grid, _params(), jitter=False)
     with pytest.raises(ValueError, match="directions"):
         march.ray_aabb(origins, directions[:, :2], BOUND, 0.05)

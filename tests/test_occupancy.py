@@ -5,7 +5,7 @@ import torch
 
 from taichi_kernels import occupancy
 from taichi_kernels.occupancy import OccupancyGrid
-from taichi_kernels.reference import rendering as ref
+from taichi_kernels.reference import occupancy as ref
 
 BOUND, RES, RADIUS = 0.06, 32, 0.03
 

@@ -10,7 +10,9 @@ from nerfbs.config import RenderConfig
 from nerfbs.render.distortion import ray_distortion
 from nerfbs.field import BlendShapeField
 from taichi_kernels.composite import composite
-from taichi_kernels.march import MarchParams, march_rays_train, render_rays_inference
+from taichi_kernels.inference import render_rays_inference
+from taichi_kernels.march import march_rays_train
+from taichi_kernels.samples import MarchParams
 from taichi_kernels.occupancy import OccupancyGrid
 
 
