@@ -1,6 +1,5 @@
 """Benchmark of the rendering kernels: training march + composite, a 512x512 inference render, and the
-occupancy study (which coefficient vectors give the tighter grid without holes).
-
+occupancy study (which coefficient vectors give the tighter grid without holes):
     NERFBS_ARCH=cuda python3 bench/rendering.py --out rendering.json
 
 Prints a table and writes every number as JSON. Fields are analytic (pure torch), so the timings are
@@ -19,8 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nerfbs.config import RenderConfig  # noqa: E402
-from taichi_kernels import inference, march, runtime  # noqa: E402
-from taichi_kernels.samples import MarchParams  # noqa: E402
+from taichi_kernels import inference, march, runtime, samples  # noqa: E402
 from taichi_kernels.composite import composite  # noqa: E402
 from taichi_kernels.occupancy import OccupancyGrid  # noqa: E402
 
@@ -343,7 +341,7 @@ def coefficient_set_study(device, resolution=64, updates=8, test_frames=200, thr
 
 def bench_rendering(study=True) -> dict:
     device = runtime.torch_device()
-    params = MarchParams.from_render_config(RenderConfig(bound=BOUND))
+    params = samples.MarchParams.from_render_config(RenderConfig(bound=BOUND))
     grid = _sphere_grid(device)
     out = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
