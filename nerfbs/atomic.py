@@ -33,10 +33,12 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
 
 
 def write_text(target: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``target`` whole or not at all."""
     with atomic_path(target) as tmp:
         tmp.write_text(text)
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``target`` whole or not at all."""
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)

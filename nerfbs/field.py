@@ -35,6 +35,7 @@ class MLP(nn.Sequential):
         super().__init__(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, in] -> [N, out]; without autograd, one fused addmm + ReLU per layer in the autocast dtype."""
         if not self.fused_inference or torch.is_grad_enabled():
             return super().forward(x)
         device = x.device.type
@@ -62,6 +63,7 @@ class BlendShapeField(nn.Module):
 
     @property
     def num_bases(self) -> int:
+        """K + 1: the neutral basis and one per tracked coefficient."""
         return self.config.grid.num_bases
 
     def _geometry(self, points: torch.Tensor, frame_index: torch.Tensor, coeffs: torch.Tensor):
@@ -83,4 +85,5 @@ class BlendShapeField(nn.Module):
         return sigma, rgb
 
     def mlp_parameters(self) -> list[nn.Parameter]:
+        """The density and colour MLPs' weights (the ones that get weight decay)."""
         return list(self.density_net.parameters()) + list(self.color_net.parameters())

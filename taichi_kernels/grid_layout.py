@@ -33,21 +33,25 @@ class GridConfig:
 
     @property
     def per_level_scale(self) -> float:
+        """Growth factor b of the resolution from one level to the next: base * b^(L-1) = finest."""
         if self.num_levels == 1:
             return 1.0
         return math.exp((math.log(self.finest_resolution) - math.log(self.base_resolution)) / (self.num_levels - 1))
 
     @property
     def level_scales(self) -> tuple[float, ...]:
+        """Per level, the lattice scale: base * b^l - 1 (points in [0, 1] map to [0, scale])."""
         s = math.log2(self.per_level_scale)
         return tuple(math.pow(2.0, l * s) * self.base_resolution - 1.0 for l in range(self.num_levels))
 
     @property
     def level_resolutions(self) -> tuple[int, ...]:
+        """Per level, the lattice's vertices along one axis: ceil(scale) + 1."""
         return tuple(int(math.ceil(scale)) + 1 for scale in self.level_scales)
 
     @property
     def level_sizes(self) -> tuple[int, ...]:
+        """Per level, the table entries: min(2^log2_table_size, (resolution + 1)^3), rounded up to 8."""
         cap = 1 << self.log2_table_size
         sizes = []
         for res in self.level_resolutions:
@@ -57,10 +61,12 @@ class GridConfig:
 
     @property
     def level_dense(self) -> tuple[bool, ...]:
+        """Per level, True when the whole lattice fits its table (direct indexing, no hashing)."""
         return tuple((res + 1) ** 3 <= size for res, size in zip(self.level_resolutions, self.level_sizes))
 
     @property
     def level_offsets(self) -> tuple[int, ...]:
+        """Start of each level's entries in a basis table, and the total at the end (L + 1 values)."""
         offsets = [0]
         for size in self.level_sizes:
             offsets.append(offsets[-1] + size)
@@ -73,4 +79,5 @@ class GridConfig:
 
     @property
     def output_dim(self) -> int:
+        """Width of the encoding: levels x features per level."""
         return self.num_levels * self.features_per_level

@@ -314,4 +314,5 @@ class BlendedHashGrid(nn.Module):
         self.tables = nn.Parameter(tables.uniform_(-init_scale, init_scale))
 
     def forward(self, points: torch.Tensor, frame_index: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+        """Encodings [N, L*C] of points [N, 3] in [0, 1]^3; ``frame_index`` [N] int32 picks rows of ``coeffs`` [F, K]."""
         return blended_hash_encode(points, frame_index, coeffs, self.tables, self.grid)

@@ -151,6 +151,7 @@ def _kernels(res: int, params: MarchParams):
 
 
 def check_rays(origins: torch.Tensor, directions: torch.Tensor) -> None:
+    """Raise ValueError unless origins and directions are [R, 3] float32 alike on Taichi's device."""
     for name, x in (("origins", origins), ("directions", directions)):
         if x.dim() != 2 or x.shape[1] != 3 or x.dtype != torch.float32:
             raise ValueError(f"{name} must be [R, 3] float32, got {tuple(x.shape)} {x.dtype}")
@@ -160,6 +161,7 @@ def check_rays(origins: torch.Tensor, directions: torch.Tensor) -> None:
 
 
 def check_grid(grid: OccupancyGrid, params: MarchParams) -> None:
+    """Raise ValueError unless the grid covers the box of ``params`` and lives on Taichi's device."""
     if abs(grid.bound - params.bound) > 1e-9:
         raise ValueError(f"the occupancy grid covers bound={grid.bound} but params.bound={params.bound}: build them from one config")
     runtime.check_device("grid.bitfield", grid.bitfield)

@@ -56,4 +56,5 @@ class Samples:
 
     @property
     def num_samples(self) -> int:
+        """M, the samples of all rays together."""
         return self.t.shape[0]

@@ -126,6 +126,7 @@ class Driver:
 
     @property
     def clamped(self) -> np.ndarray:
+        """The driving coefficients [F, K] clamped into the avatar's training range."""
         return np.clip(self.coeffs, self.lo, self.hi)
 
 

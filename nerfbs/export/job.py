@@ -54,6 +54,7 @@ class RenderJob:
 
 @dataclass
 class RenderStats:
+    """What a render job did: images written, seconds of rendering alone and images per second."""
     images: int
     seconds: float  # rendering alone, all batches
     fps: float  # images per second, after the first batch (kernel compilation) when there are several
@@ -61,6 +62,7 @@ class RenderStats:
 
 
 def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(height, width) of the output for a ``--scale`` factor in (0, 8]; a UserError outside it."""
     if not 0 < scale <= 8:
         raise UserError(f"--scale must lie in (0, 8], got {scale}")
     return max(1, round(height * scale)), max(1, round(width * scale))

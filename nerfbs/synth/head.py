@@ -80,6 +80,7 @@ class Rig:
     press: torch.Tensor
 
     def take(self, index: torch.Tensor) -> "Rig":
+        """The rig of the rays selected by ``index`` (every field indexed alike)."""
         return Rig(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
 
@@ -120,16 +121,19 @@ def make_rig(controls: torch.Tensor) -> Rig:
 
 # ------------------------------------------------------------------------------------------ primitives
 def smoothstep(a: float, b: float, x: torch.Tensor) -> torch.Tensor:
+    """0 below a, 1 above b, the cubic 3t^2 - 2t^3 between (t = (x - a) / (b - a))."""
     t = ((x - a) / (b - a)).clamp(0, 1)
     return t * t * (3 - 2 * t)
 
 
 def smin(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
+    """Smooth minimum of two distances with blend radius k (polynomial; k -> 0 gives min)."""
     h = (0.5 + 0.5 * (b - a) / k).clamp(0, 1)
     return b + (a - b) * h - k * h * (1 - h)
 
 
 def smax(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
+    """Smooth maximum of two distances with blend radius k."""
     return -smin(-a, -b, k)
 
 
@@ -142,6 +146,7 @@ def ellipsoid(x, y, z, c, r) -> torch.Tensor:
 
 
 def sphere(x, y, z, c, r: float) -> torch.Tensor:
+    """Signed distance to a sphere of centre c and radius r."""
     return torch.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) - r
 
 
@@ -154,6 +159,7 @@ def capsule(x, y, z, a, b, r: float) -> torch.Tensor:
 
 
 def round_box(x, y, z, c, half, r: float) -> torch.Tensor:
+    """Signed distance to an axis-aligned box (centre c, half extents ``half``) with edges rounded by r."""
     qx, qy, qz = ((x - c[0]).abs() - half[0]), ((y - c[1]).abs() - half[1]), ((z - c[2]).abs() - half[2])
     outside = torch.sqrt(qx.clamp_min(0) ** 2 + qy.clamp_min(0) ** 2 + qz.clamp_min(0) ** 2)
     return outside + torch.maximum(qx, torch.maximum(qy, qz)).clamp_max(0) - r

@@ -26,6 +26,7 @@ LIGHT = (-0.45, 0.55, 0.7)  # key light direction in the head frame (the light m
 
 @dataclass(frozen=True)
 class TraceSettings:
+    """Sphere-tracing settings: step cap, step scale (1 / the SDF's Lipschitz bound), hit threshold in pixels, compaction period."""
     max_steps: int = 96
     step_scale: float = 1.0 / LIPSCHITZ
     hit_pixels: float = 0.25  # a ray hits when the distance is below this many pixels

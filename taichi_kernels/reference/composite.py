@@ -8,6 +8,7 @@ import torch
 def composite(sigmas: torch.Tensor, rgbs: torch.Tensor, t: torch.Tensor, dt: torch.Tensor,
               ray_offsets: torch.Tensor, ray_counts: torch.Tensor, background: torch.Tensor, *,
               early_stop: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Twin of ``taichi_kernels.composite.composite``: (rgb [R, 3], opacity [R], depth [R]), differentiable by autograd."""
     rays = ray_offsets.shape[0]
     longest = int(ray_counts.max()) if rays else 0
     dtype = t.dtype

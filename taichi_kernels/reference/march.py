@@ -16,6 +16,7 @@ _NUDGE = 1e-3  # past a cell's exit, in cell sizes (as the kernel)
 
 def ray_aabb(origins: torch.Tensor, directions: torch.Tensor, bound: float,
              near_min: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Twin of ``taichi_kernels.march.ray_aabb``: (near [R], far [R]) against [-bound, bound]^3."""
     safe = torch.where(directions >= 0, directions.clamp_min(1e-12), directions.clamp_max(-1e-12))
     inv = 1.0 / safe
     t1 = (-bound - origins) * inv
@@ -37,6 +38,7 @@ def _occupied_at(points: torch.Tensor, grid: "OccupancyGrid") -> tuple[torch.Ten
 
 def march_rays_train(origins: torch.Tensor, directions: torch.Tensor, grid: "OccupancyGrid", params: MarchParams, *,
                      jitter: bool, generator: torch.Generator | None = None) -> Samples:
+    """Twin of ``taichi_kernels.march.march_rays_train``: the same flat Samples, all rays in lockstep."""
     rays = origins.shape[0]
     device = origins.device
     near, far = ray_aabb(origins, directions, params.bound, params.near_min)
