@@ -72,6 +72,9 @@ def train(
     subpixel_rays: bool = typer.Option(False, help="Colour rays through random points of their pixels, targets read "
                                                    "bilinearly (the original: pixel centres)."),
     mixed_precision: bool = typer.Option(True, help="fp16 MLPs on CUDA."),
+    pose_refinement: bool = typer.Option(True, help="Refine each training frame's camera (a small learnable "
+                                         "rotation and translation) with the photometric loss; held-out frames keep "
+                                         "their tracked cameras."),
     neutral_only: bool = typer.Option(False, help="Ablation: fix every frame's coefficients at neutral."),
     stream: bool = typer.Option(False, help="Read training frames from disk instead of keeping them in memory."),
     validate_every: int = typer.Option(1000, help="Render a held-out frame every N steps."),
@@ -109,7 +112,7 @@ def train(
                           mouth_ray_fraction=(defaults.mouth_ray_fraction if mouth_rays is None else mouth_rays)
                           if face_sampling else 0.0,
                           table_l1_weight=defaults.table_l1_weight if table_l1 else 0.0, distortion_weight=distortion,
-                          subpixel_rays=subpixel_rays,
+                          subpixel_rays=subpixel_rays, pose_refinement=pose_refinement,
                           mixed_precision=mixed_precision, validate_every=validate_every,
                           checkpoint_every=checkpoint_every, seed=seed))
     if model == "small":
