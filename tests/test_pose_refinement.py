@@ -8,15 +8,17 @@ import pytest
 import torch
 
 from nerfbs.config import Config, DataConfig, TrainConfig
-from nerfbs.data.camera import image_rays, pixel_rays
+from nerfbs.data.camera import image_rays, pixel_rays, project
 from nerfbs.errors import UserError
+from nerfbs.evaluate.refine import PoseFit, refine_frame
 from nerfbs.export.avatar import load_avatar
+from nerfbs.render.image import render_image
 from nerfbs.render.pose import PoseCorrection, correct_poses, so3_exp
 from nerfbs.render.rays import render_rays_train
 from nerfbs.train import checkpoint as ckpt
 from nerfbs.train import loop as train
 from nerfbs.train.workspace import Workspace
-from tiny import TINY_MODEL, TINY_RENDER, invoke
+from tiny import TINY_MODEL, TINY_RENDER, invoke, psnr_u8
 
 NO_LPIPS = lambda needed: None  # noqa: E731
 
@@ -226,3 +228,51 @@ def test_no_pose_refinement_option(tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((ws / "config.json").read_text())["train"]["pose_refinement"] is False
     assert ckpt.load_checkpoint(ws / "checkpoints" / "latest.pth")["poses"] is None
+
+
+def _reprojection_px(pose: torch.Tensor, true_pose: torch.Tensor, subject) -> float:
+    """Mean pixel distance between where the two cameras see the head's centre and the corners of a cube of
+    half-width 0.04 around it (the head's extent)."""
+    corners = torch.tensor([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=torch.float32) * 0.04
+    points = torch.cat([torch.zeros(1, 3), corners])
+    k = (subject.fx, subject.fy, subject.cx, subject.cy)
+    return float((project(points, pose, *k)[0] - project(points, true_pose, *k)[0]).norm(dim=-1).mean())
+
+
+def test_test_time_refinement_recovers_a_held_out_offset(tiny_run, monkeypatch):
+    """Held-out frame, truth = the field's own render at the tracked camera, the camera shifted sideways by a
+    known offset: the fit on the image brings it back (field frozen, coefficients untouched)."""
+    avatar = load_avatar(tiny_run.checkpoint)
+    subject = avatar.subject
+    frame = subject.num_train  # the first held-out frame
+    true_pose = subject.poses[frame].clone()
+    background = subject.background.float() / 255.0
+    own = render_image(avatar.field, avatar.grid, avatar.config.render, true_pose, subject.intrinsics,
+                       subject.coeffs[frame], background).rgb[0]
+    truth_u8 = (own.clamp(0, 1) * 255).round().to(torch.uint8)
+    monkeypatch.setattr(subject, "frame", lambda i: (truth_u8, None))
+    axis = true_pose[:3, 0]  # the camera's x axis
+    shifted = correct_poses(true_pose[None], torch.zeros(1, 3), 0.004 * axis[None])[0]
+    subject.poses[frame] = shifted
+    tables = avatar.field.encoder.tables.detach().clone()
+    coeffs = subject.coeffs.clone()
+    fit = refine_frame(avatar.field, avatar.grid, avatar.config.render, subject, frame,
+                       PoseFit(steps=60, rotation_lr=5e-3, translation_lr=3e-4))
+    before, after = _reprojection_px(shifted, true_pose, subject), _reprojection_px(fit.pose, true_pose, subject)
+    assert before > 0.5, before  # pixels of the 64 px image
+    assert after < 0.3 * before, (before, after)
+    assert torch.equal(avatar.field.encoder.tables, tables) and torch.equal(subject.coeffs, coeffs)
+    assert all(p.requires_grad for p in avatar.field.parameters())  # unfrozen again
+    assert psnr_u8(fit.prediction * 255, truth_u8.numpy()) > 25
+
+
+def test_eval_reports_both_figures_with_refine_poses(tiny_run, tmp_path):
+    out = tmp_path / "eval"
+    result = invoke("eval", tiny_run.checkpoint, "--out", out, "--refine-poses", 3)
+    assert result.exit_code == 0, result.output
+    assert "test-time pose refinement" in result.output and result.output.count("| full |") == 2
+    tracked = json.loads((out / "metrics.json").read_text())
+    refined = json.loads((out / "refined_poses" / "metrics.json").read_text())
+    assert tracked["frames"] == refined["frames"] == 2
+    assert all(row["pose_correction"]["rotation_deg"] >= 0 for row in refined["per_frame"])
+    assert "pose_correction" not in tracked["per_frame"][0]

@@ -5,11 +5,17 @@ maps a renderer camera-to-world P to ``P' = C @ P`` with ``C = [[R(w), t], [0, 1
 the world origin (the head's centre) and shifts by ``t``. A ray of P, origin o and unit direction d, is the
 ray of P' with origin ``R(w) o + t`` and direction ``R(w) d``, so training applies corrections to ray batches
 and rendering to whole poses, with the same result. Zero corrections leave rays and poses bit-identical.
+``refined_subject`` is the one place where a trained run's corrections replace the training frames' cameras
+for rendering (avatars, benchmarks); held-out frames keep their tracked cameras.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
+
+from nerfbs.data.subject import Subject
 
 
 def so3_exp(w: torch.Tensor) -> torch.Tensor:
@@ -86,3 +92,15 @@ class PoseCorrection(nn.Module):
             raise ValueError(f"PoseCorrection.poses: {self.num_frames} corrections for {poses.shape[0]} poses")
         with torch.no_grad():
             return correct_poses(poses, self.rotation, self.translation)
+
+
+def refined_subject(subject: Subject, correction: PoseCorrection | None) -> Subject:
+    """``subject`` with its training frames' cameras ``poses[:num_train]`` corrected by ``correction`` (one row
+    per training frame), held-out cameras unchanged; a shallow copy sharing everything else. None: ``subject``."""
+    if correction is None:
+        return subject
+    if correction.num_frames != subject.num_train:
+        raise ValueError(f"refined_subject: {correction.num_frames} corrections for {subject.num_train} training frames")
+    poses = subject.poses.clone()
+    poses[:subject.num_train] = correction.poses(poses[:subject.num_train]).to(poses.device)
+    return dataclasses.replace(subject, poses=poses)
