@@ -191,6 +191,8 @@ def _as_version_1(path, out):
     payload["version"] = 1
     del payload["poses"]
     payload["config"]["train"] = {k: v for k, v in payload["config"]["train"].items() if not k.startswith("pose_")}
+    for group in payload["optimizer"]["param_groups"]:
+        del group["base_lr"]
     torch.save(payload, out)
     return out
 

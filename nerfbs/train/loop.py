@@ -230,10 +230,13 @@ def restore(run: TrainRun, payload: dict, path: Path) -> None:
     if run.poses is not None:
         ckpt.load_state_strict(run.poses, poses, what="pose correction", path=path)
     ckpt.load_state_strict(run.grid, payload["occupancy"], what="occupancy grid", path=path)
+    base_lrs = [group["base_lr"] for group in run.optimizer.param_groups]
     try:
         run.optimizer.load_state_dict(payload["optimizer"])
     except (ValueError, KeyError) as err:
         raise UserError(f"{path}: optimizer state does not match this model ({err}) — retrain") from None
+    for group, base_lr in zip(run.optimizer.param_groups, base_lrs):  # version 1 files saved no base_lr
+        group["base_lr"] = base_lr
     if payload.get("scaler"):
         run.scaler.load_state_dict(payload["scaler"])
     run.generator.set_state(payload["rng"]["generator"].cpu())  # a ByteTensor on the CPU, whatever map_location did
