@@ -72,6 +72,9 @@ def train(
     subpixel_rays: bool = typer.Option(False, help="Colour rays through random points of their pixels, targets read "
                                                    "bilinearly (the original: pixel centres)."),
     mixed_precision: bool = typer.Option(True, help="fp16 MLPs on CUDA."),
+    pose_refinement: bool = typer.Option(True, help="Refine each training frame's camera (a small learnable "
+                                         "rotation and translation) with the photometric loss; held-out frames keep "
+                                         "their tracked cameras."),
     neutral_only: bool = typer.Option(False, help="Ablation: fix every frame's coefficients at neutral."),
     stream: bool = typer.Option(False, help="Read training frames from disk instead of keeping them in memory."),
     validate_every: int = typer.Option(1000, help="Render a held-out frame every N steps."),
@@ -109,7 +112,7 @@ def train(
                           mouth_ray_fraction=(defaults.mouth_ray_fraction if mouth_rays is None else mouth_rays)
                           if face_sampling else 0.0,
                           table_l1_weight=defaults.table_l1_weight if table_l1 else 0.0, distortion_weight=distortion,
-                          subpixel_rays=subpixel_rays,
+                          subpixel_rays=subpixel_rays, pose_refinement=pose_refinement,
                           mixed_precision=mixed_precision, validate_every=validate_every,
                           checkpoint_every=checkpoint_every, seed=seed))
     if model == "small":
@@ -249,17 +252,24 @@ def eval_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by `nerfbs train`."),
     out: Optional[Path] = typer.Option(None, help="Report folder [default: <workspace>/eval/<checkpoint name>]."),
     subject: Optional[Path] = typer.Option(None, help="The avatar's subject folder, if it moved since training."),
+    refine_poses: int = typer.Option(0, help="Also score each held-out frame from its camera refined on its own "
+                                     "image for N steps, the field frozen (as BARF evaluates; e.g. 100), reported "
+                                     "after the tracked cameras' figures and written to <out>/refined_poses."),
 ) -> None:
     """PSNR, SSIM and LPIPS of the held-out frames (full frame, face and mouth): metrics.json, metrics.md, worst.png."""
     from nerfbs.export.avatar import load_avatar
-    from nerfbs.commands import evaluate_run
+    from nerfbs.commands import evaluate_refined_poses, evaluate_run
     from nerfbs.train.perceptual import load_lpips
 
+    _check_range("--refine-poses", refine_poses, 0, 100000)
     avatar = load_avatar(checkpoint, subject_dir=subject)
     avatar.lpips = load_lpips(avatar.device, allow_missing=True)
     if avatar.lpips is None:
         typer.echo("LPIPS: n/a (the VGG16 weights are missing; see `nerfbs train --help` on --lpips)", err=True)
-    evaluate_run(avatar, out or avatar.workspace / "eval" / checkpoint.stem)
+    out_dir = out or avatar.workspace / "eval" / checkpoint.stem
+    evaluate_run(avatar, out_dir)
+    if refine_poses:
+        evaluate_refined_poses(avatar, out_dir / "refined_poses", refine_poses)
 
 
 @app.command()

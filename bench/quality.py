@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nerfbs.evaluate import report as evaluate
 from nerfbs.train import loop as train  # noqa: E402
 from nerfbs.render.image import render_with_truth  # noqa: E402
+from nerfbs.render.pose import refined_subject  # noqa: E402
 from nerfbs.config import Config, DataConfig, TrainConfig  # noqa: E402
 from nerfbs.train.workspace import Workspace  # noqa: E402
 from taichi_kernels import runtime  # noqa: E402
@@ -36,8 +37,10 @@ def sync() -> None:
 
 
 def render(run: train.TrainRun, frame: int):
-    """(prediction, truth) of one frame of the run (or of an ``Avatar``: the same field names)."""
-    return render_with_truth(run.field, run.grid, run.config.render, run.subject, frame)
+    """(prediction, truth) of one frame of the run (or of an ``Avatar``: the same field names; its subject's
+    training cameras are refined already), training frames seen by their refined cameras."""
+    subject = refined_subject(run.subject, getattr(run, "poses", None))
+    return render_with_truth(run.field, run.grid, run.config.render, subject, frame)
 
 
 def score_held_out(run: train.TrainRun) -> dict:

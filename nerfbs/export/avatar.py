@@ -1,6 +1,8 @@
 """A trained avatar rebuilt from its checkpoint alone: the field and occupancy grid from the saved
 config and state, the subject's cameras, coefficients and background from the dataset folder the
-config names (read in streaming mode: no training image is loaded)."""
+config names (read in streaming mode: no training image is loaded). The training frames' cameras are the
+refined ones when the run refined poses (``render.pose.refined_subject``); held-out frames keep their
+tracked cameras."""
 from __future__ import annotations
 
 import logging
@@ -17,6 +19,7 @@ from nerfbs.data.rays import RaySampler
 from nerfbs.data.subject import Subject, load_subject
 from nerfbs.errors import UserError
 from nerfbs.field import BlendShapeField
+from nerfbs.render.pose import PoseCorrection, refined_subject
 from nerfbs.render.rays import make_occupancy_grid
 from taichi_kernels.occupancy import OccupancyGrid
 
@@ -105,6 +108,11 @@ def load_avatar(path: str | Path, device: Optional[torch.device] = None, *,
     field_.eval()
     grid = make_occupancy_grid(config.render).to(device)
     ckpt.load_state_strict(grid, payload["occupancy"], what="occupancy grid", path=path)
+    poses = ckpt.pose_state(payload, subject.num_train, path=path)
+    if poses is not None:
+        correction = PoseCorrection(subject.num_train).to(device)
+        ckpt.load_state_strict(correction, poses, what="pose correction", path=path)
+        subject = refined_subject(subject, correction)
     names = list(stats.get("coeff_names") or []) or subject.coeff_names
     return Avatar(checkpoint=path, step=int(payload["step"]), config=config, field=field_, grid=grid,
                   subject=subject, coeff_min=coeff_min, coeff_max=coeff_max, coeff_names=names or None)

@@ -35,11 +35,19 @@ def render_rays_train(field: BlendShapeField, grid: OccupancyGrid, config: Rende
                       background: torch.Tensor, *, jitter: bool = True, generator: torch.Generator | None = None,
                       distortion: bool = False) -> RenderOutput:
     """Differentiable render of R rays: origins/directions [R, 3], ray_frame [R] int32 rows of coeffs [F, K],
-    background [R, 3]. Gradients reach the field's parameters and ``coeffs``. ``distortion`` also returns each
-    ray's distortion (``nerfbs.render.distortion``)."""
-    samples = march_rays_train(origins, directions, grid, MarchParams.from_render_config(config), jitter=jitter, generator=generator)
-    frame_index = ray_frame[samples.ray_index.long()].int()  # [M]
-    sigma, rgb = field(samples.positions, samples.directions, frame_index, coeffs)
+    background [R, 3]. Gradients reach the field's parameters and ``coeffs``, and the rays when they require
+    grad (pose refinement): the marching kernel places the samples on the detached rays, then each sample's
+    position is recomputed in torch as ``o + t d`` of its ray (t fixed), so the field's spatial derivative
+    reaches o and d. View directions carry no gradient (the colour input's kernel gives none). ``distortion``
+    also returns each ray's distortion (``nerfbs.render.distortion``)."""
+    samples = march_rays_train(origins.detach(), directions.detach(), grid, MarchParams.from_render_config(config),
+                               jitter=jitter, generator=generator)
+    ray = samples.ray_index.long()  # [M]
+    positions = samples.positions  # [M, 3]
+    if origins.requires_grad or directions.requires_grad:
+        with torch.autocast(origins.device.type, enabled=False):
+            positions = torch.addcmul(origins[ray].float(), samples.t[:, None], directions[ray].float())
+    sigma, rgb = field(positions, samples.directions, ray_frame[ray].int(), coeffs)
     color, opacity, depth = composite(sigma, rgb, samples.t, samples.dt, samples.ray_offsets, samples.ray_counts,
                                       background, early_stop=config.early_stop_transmittance)
     spread = None

@@ -26,6 +26,7 @@ from nerfbs.images import error_grid, write_png
 from nerfbs.field import BlendShapeField
 from nerfbs.train.plot import write_curves
 from nerfbs.render.image import render_with_truth
+from nerfbs.render.pose import PoseCorrection
 from nerfbs.render.rays import make_occupancy_grid, render_rays_train, update_occupancy
 from nerfbs.train.workspace import Workspace
 from taichi_kernels.occupancy import OccupancyGrid
@@ -47,6 +48,7 @@ class TrainRun:
     generator: torch.Generator
     workspace: Workspace
     lpips: torch.nn.Module | None
+    poses: PoseCorrection | None = None  # the training frames' pose corrections (None: pose refinement off)
     step: int = 0
     started: float = 0.0
     elapsed_before: float = 0.0  # training seconds spent before a resume
@@ -66,10 +68,18 @@ def fit_config_to_subject(config: Config, subject: Subject) -> Config:
     return config.replace(model=dataclasses.replace(config.model, grid=grid))
 
 
-def make_optimizer(field: BlendShapeField, cfg: TrainConfig, device: torch.device) -> torch.optim.Adam:
-    """Adam as the original: weight decay on the MLPs only, eps 1e-15."""
-    groups = [{"params": [field.encoder.tables], "weight_decay": 0.0},
-              {"params": field.mlp_parameters(), "weight_decay": cfg.mlp_weight_decay}]
+def make_optimizer(field: BlendShapeField, cfg: TrainConfig, device: torch.device,
+                   poses: PoseCorrection | None = None) -> torch.optim.Adam:
+    """Adam as the original: weight decay on the MLPs only, eps 1e-15; with ``poses``, two more groups for the
+    pose corrections' rotations and translations at their own rates. Each group's ``base_lr`` is its rate
+    before the schedule's decay."""
+    groups = [{"params": [field.encoder.tables], "weight_decay": 0.0, "base_lr": cfg.lr},
+              {"params": field.mlp_parameters(), "weight_decay": cfg.mlp_weight_decay, "base_lr": cfg.lr}]
+    if poses is not None:
+        groups += [{"params": [poses.rotation], "weight_decay": 0.0, "base_lr": cfg.pose_rotation_lr},
+                   {"params": [poses.translation], "weight_decay": 0.0, "base_lr": cfg.pose_translation_lr}]
+    for group in groups:
+        group["lr"] = group["base_lr"]
     return torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.99), eps=1e-15, fused=device.type == "cuda")
 
 
@@ -81,9 +91,10 @@ def training_fraction(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
     return min(frac, 1.0)
 
 
-def learning_rate(cfg: TrainConfig, fraction: float) -> float:
-    """Exponential decay from ``lr`` to ``lr * lr_final_fraction``."""
-    return cfg.lr * cfg.lr_final_fraction ** fraction
+def lr_decay(cfg: TrainConfig, fraction: float) -> float:
+    """The schedule's factor on every group's initial rate (``base_lr``): exponential decay from 1 to
+    ``lr_final_fraction``."""
+    return cfg.lr_final_fraction ** fraction
 
 
 def occupancy_probes(run: TrainRun) -> torch.Tensor:
@@ -111,17 +122,25 @@ def train_step(run: TrainRun) -> dict[str, float]:
                               mouth_fraction=cfg.mouth_ray_fraction, generator=run.generator, train_frames=True,
                               subpixel=cfg.subpixel_rays)
     coeffs = subject.coeffs[frames]  # [B, K]
-    lr = learning_rate(cfg, training_fraction(cfg, step, run.elapsed))
+    decay = lr_decay(cfg, training_fraction(cfg, step, run.elapsed))
+    lr = cfg.lr * decay
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = group["base_lr"] * decay
+    origins, directions = rays.origins, rays.directions
+    if run.poses is not None:
+        origins, directions = run.poses.correct_rays(origins, directions, frames, rays.frame_slot)
 
     with _autocast(run):
-        out = render_rays_train(run.field, run.grid, run.config.render, rays.origins, rays.directions,
+        out = render_rays_train(run.field, run.grid, run.config.render, origins, directions,
                                 rays.frame_slot, coeffs, rays.background, generator=run.generator,
                                 distortion=cfg.distortion_weight > 0)
         color_loss = (out.rgb - rays.rgb).abs().mean()
         loss = color_loss
         figures = {"color_loss": color_loss}
+        if run.poses is not None and cfg.pose_penalty > 0:
+            pose_penalty = run.poses.penalty(frames, run.config.render.bound)
+            loss = loss + cfg.pose_penalty * pose_penalty
+            figures["pose_penalty"] = pose_penalty
         if step < cfg.mask_loss_steps and cfg.mask_loss_weight > 0:
             mask_loss = F.mse_loss(out.opacity, rays.mask)
             loss = loss + cfg.mask_loss_weight * mask_loss
@@ -143,6 +162,8 @@ def train_step(run: TrainRun) -> dict[str, float]:
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)
     run.scaler.update()
+    if run.poses is not None:
+        run.poses.recenter_()
     run.step += 1
 
     mse = F.mse_loss(out.rgb.detach().float(), rays.rgb)
@@ -160,7 +181,10 @@ def _patch_loss(run: TrainRun, frame: torch.Tensor, rect: str) -> torch.Tensor:
     p = cfg.lpips_patch
     rays = run.sampler.sample_patch(frame, rect, size=p, generator=run.generator, train_frames=True)
     coeffs = run.subject.coeffs[frame].unsqueeze(0)
-    out = render_rays_train(run.field, run.grid, run.config.render, rays.origins, rays.directions, rays.frame_slot,
+    origins, directions = rays.origins, rays.directions
+    if run.poses is not None:
+        origins, directions = run.poses.correct_rays(origins, directions, frame.reshape(1), rays.frame_slot)
+    out = render_rays_train(run.field, run.grid, run.config.render, origins, directions, rays.frame_slot,
                             coeffs, rays.background, generator=run.generator)
     pred = out.rgb.float().reshape(1, p, p, 3).permute(0, 3, 1, 2)
     truth = rays.rgb.reshape(1, p, p, 3).permute(0, 3, 1, 2)
@@ -191,18 +215,28 @@ def save(run: TrainRun, path: Path) -> Path:
     return ckpt.save_checkpoint(
         path, config=run.config, step=run.step, model=run.field.state_dict(), occupancy=run.grid.state_dict(),
         optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(), expressions=expression_stats(run.subject),
-        rng={"generator": run.generator.get_state(), "elapsed": torch.tensor(run.elapsed, dtype=torch.float64)})
+        rng={"generator": run.generator.get_state(), "elapsed": torch.tensor(run.elapsed, dtype=torch.float64)},
+        poses=None if run.poses is None else run.poses.state_dict())
 
 
 def restore(run: TrainRun, payload: dict, path: Path) -> None:
-    """Load a checkpoint's model, occupancy, optimizer and RNG state into ``run`` (strict)."""
+    """Load a checkpoint's model, occupancy, pose corrections, optimizer and RNG state into ``run`` (strict)."""
     ckpt.check_coefficient_count(payload, run.subject.num_coeffs, path=path, subject=str(run.subject.root))
     ckpt.load_state_strict(run.field, payload["model"], what="model", path=path)
+    poses = ckpt.pose_state(payload, run.subject.num_train, path=path)
+    if (poses is None) != (run.poses is None):
+        raise UserError(f"{path}: saved {'without' if poses is None else 'with'} pose corrections but the run's config "
+                        "says otherwise — resume with the checkpoint's own config")
+    if run.poses is not None:
+        ckpt.load_state_strict(run.poses, poses, what="pose correction", path=path)
     ckpt.load_state_strict(run.grid, payload["occupancy"], what="occupancy grid", path=path)
+    base_lrs = [group["base_lr"] for group in run.optimizer.param_groups]
     try:
         run.optimizer.load_state_dict(payload["optimizer"])
     except (ValueError, KeyError) as err:
         raise UserError(f"{path}: optimizer state does not match this model ({err}) — retrain") from None
+    for group, base_lr in zip(run.optimizer.param_groups, base_lrs):  # version 1 files saved no base_lr
+        group["base_lr"] = base_lr
     if payload.get("scaler"):
         run.scaler.load_state_dict(payload["scaler"])
     run.generator.set_state(payload["rng"]["generator"].cpu())  # a ByteTensor on the CPU, whatever map_location did
@@ -222,10 +256,11 @@ def build_run(config: Config, workspace: Workspace, device: torch.device, *, lpi
     torch.manual_seed(config.train.seed)
     field = BlendShapeField(config.model, bound=config.render.bound).to(device)
     grid = make_occupancy_grid(config.render).to(device)
+    poses = PoseCorrection(subject.num_train).to(device) if config.train.pose_refinement else None
     generator = torch.Generator(device=device)
     generator.manual_seed(config.train.seed)
     return TrainRun(config=config, subject=subject, sampler=RaySampler(subject, device), field=field, grid=grid,
-                    optimizer=make_optimizer(field, config.train, device),
+                    optimizer=make_optimizer(field, config.train, device, poses), poses=poses,
                     scaler=torch.amp.GradScaler(device.type, enabled=config.train.mixed_precision and device.type == "cuda"),
                     generator=generator,
                     workspace=workspace, lpips=lpips)
