@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from nerfbs.images import convex_hull_mask
+
 SKULL_CENTRE = np.array([0.0, 2.5, -2.5])  # cm, canonical face frame
 SKULL_RADII = np.array([11.5, 13.5, 12.5])  # cm: hair volume included
 NECK_CENTRE_XZ = (0.0, -3.0)  # cm
@@ -81,10 +83,7 @@ def neck_points() -> np.ndarray:
 
 
 def _hull_mask(pixels: np.ndarray, size: int) -> np.ndarray:
-    mask = np.zeros((size, size), np.uint8)
-    hull = cv2.convexHull(np.round(pixels * 4).astype(np.int32))
-    cv2.fillConvexPoly(mask, hull, 1, lineType=cv2.LINE_8, shift=2)
-    return mask.astype(bool)
+    return convex_hull_mask(pixels, size, size)
 
 
 def possible_head(head_to_camera: np.ndarray, cam: Camera) -> np.ndarray:
