@@ -252,7 +252,8 @@ def eval_command(
     out: Optional[Path] = typer.Option(None, help="Report folder [default: <workspace>/eval/<checkpoint name>]."),
     subject: Optional[Path] = typer.Option(None, help="The avatar's subject folder, if it moved since training."),
 ) -> None:
-    """PSNR, SSIM and LPIPS of the held-out frames (full frame, face and mouth): metrics.json, metrics.md, worst.png."""
+    """PSNR, SSIM and LPIPS of the held-out frames (full frame, face and mouth) and the face score (PSNR against
+    ori_imgs inside the landmarks' shrunk hull, independent of the masks): metrics.json, metrics.md, worst.png."""
     from nerfbs.export.avatar import load_avatar
     from nerfbs.commands import evaluate_run
     from nerfbs.train.perceptual import load_lpips
