@@ -9,9 +9,8 @@ chin (the "collar line"). Clothes that reach higher than the collar line (a turt
 are told from the head by colour: histograms of the head's colours (above the chin) and the torso's (below
 the collar line), gathered over the video, give each pixel below the jaw a probability of being clothes.
 The head confidence (person confidence, clothes removed, its edges snapped to the image's by a guided
-filter) is smoothed over time without lag
-(``segmentation.zero_phase_smooth``), thresholded at 0.5, and only the region joined to the face's
-landmark hull is kept (other people and stray blobs go). The background image is the per-pixel median
+filter) is smoothed over time without lag (``segmentation.zero_phase_smooth``), thresholded at 0.5, and
+only the region joined to the face's landmark hull is kept (other people and stray blobs go). The background image is the per-pixel median
 over frames where the pixel is surely not the person, holes filled by ``cv2.inpaint``. All arrays are
 numpy; nothing here is differentiable.
 """
