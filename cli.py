@@ -217,6 +217,8 @@ def preprocess(
     max_frames: Optional[int] = typer.Option(None, help="Use only the first N frames."),
     landmarker: Optional[Path] = typer.Option(None, help="face_landmarker_v2_with_blendshapes.task [default: the "
                                               "cache, $NERFBS_CACHE or ~/.cache/nerfbs, downloaded when absent]."),
+    segmenter: Optional[Path] = typer.Option(None, help="selfie_segmentation.tflite, MediaPipe's person segmenter "
+                                             "[default: the cache, downloaded when absent]."),
     fov: float = typer.Option(63.0, help="Assumed vertical field of view of the video frame, degrees."),
     preview: bool = typer.Option(False, help="Also write OUT/preview.png: crops, landmarks and masks."),
 ) -> None:
@@ -238,7 +240,7 @@ def preprocess(
             current["update"](done, total)
 
         report = preprocess_video(video, out, size=size, max_frames=max_frames, landmarker=landmarker,
-                                  fov_degrees=fov, preview=preview, progress=progress)
+                                  segmenter=segmenter, fov_degrees=fov, preview=preview, progress=progress)
     typer.echo(f"wrote {report.frames_written} frames ({size}x{size}, crop x={report.crop[0]} y={report.crop[1]} "
                f"side={report.crop[2]}) to {report.subject}; {report.frames_dropped} of {report.frames_decoded} "
                f"decoded frames had no face and were left out; {report.background_inpainted:.0%} of bc.jpg inpainted")
@@ -256,7 +258,8 @@ def eval_command(
                                      "image for N steps, the field frozen (as BARF evaluates; e.g. 100), reported "
                                      "after the tracked cameras' figures and written to <out>/refined_poses."),
 ) -> None:
-    """PSNR, SSIM and LPIPS of the held-out frames (full frame, face and mouth): metrics.json, metrics.md, worst.png."""
+    """PSNR, SSIM and LPIPS of the held-out frames (full frame, face and mouth) and the face score (PSNR against
+    ori_imgs inside the landmarks' shrunk hull, independent of the masks): metrics.json, metrics.md, worst.png."""
     from nerfbs.export.avatar import load_avatar
     from nerfbs.commands import evaluate_refined_poses, evaluate_run
     from nerfbs.train.perceptual import load_lpips

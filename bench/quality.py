@@ -47,7 +47,8 @@ def score_held_out(run: train.TrainRun) -> dict:
     frames = [int(i) for i in run.subject.test_indices]
     result, _ = evaluate.evaluate_frames(
         lambda f: render(run, f),
-        frames, run.subject.face_rects, run.subject.mouth_rects, None)
+        frames, run.subject.face_rects, run.subject.mouth_rects, None,
+        originals=lambda f: (run.subject.original(f), run.subject.landmarks[f].numpy()))
     return result.mean()
 
 

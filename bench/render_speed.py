@@ -52,7 +52,7 @@ def quality(avatar: Avatar, frames: list[int]) -> dict:
     result, _ = evaluate.evaluate_frames(
         lambda f: render_with_truth(avatar.field, avatar.grid, avatar.config.render, avatar.subject, f),
         frames, avatar.subject.face_rects, avatar.subject.mouth_rects, None)
-    return {region: round(v["psnr"], 3) for region, v in result.mean().items()}
+    return {region: round(v["psnr"], 3) for region, v in result.mean().items() if v["psnr"] is not None}
 
 
 def where_time_goes(avatar: Avatar, job, batch: int) -> dict:

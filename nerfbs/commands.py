@@ -97,7 +97,8 @@ def evaluate_run(run, out_dir: Path, *, print_table: bool = True) -> dict:
         result, worst = evaluate.evaluate_frames(
             lambda f: render_with_truth(run.field, run.grid, run.config.render, run.subject, f),
             frames, run.subject.face_rects, run.subject.mouth_rects, lpips_model,
-            progress=lambda done, total: update(done, total), keep_worst=4)
+            progress=lambda done, total: update(done, total), keep_worst=4,
+            originals=lambda f: (run.subject.original(f), run.subject.landmarks[f].numpy()))
     paths = evaluate.write_report(result, out_dir, worst)
     if print_table:
         console.print(result.markdown())

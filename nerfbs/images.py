@@ -1,4 +1,5 @@
-"""Small image helpers: float/uint8 conversion, comparison grids with an error heat map, atomic PNG writes."""
+"""Small image helpers: float/uint8 conversion, comparison grids with an error heat map, convex-hull masks,
+atomic PNG writes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,6 +26,15 @@ def error_heatmap(pred: np.ndarray, truth: np.ndarray, max_error: float = 0.25) 
 def error_grid(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """prediction | truth | error heat map, side by side, uint8 RGB."""
     return np.concatenate([to_uint8(pred), to_uint8(truth), error_heatmap(pred, truth)], axis=1)
+
+
+def convex_hull_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[height, width] bool: the pixels (centres at integer coordinates) inside the convex hull of points
+    [N, 2] (x, y), rasterised with quarter-pixel precision."""
+    mask = np.zeros((height, width), np.uint8)
+    hull = cv2.convexHull(np.round(np.asarray(points, np.float64) * 4).astype(np.int32))
+    cv2.fillConvexPoly(mask, hull, 1, lineType=cv2.LINE_8, shift=2)
+    return mask.astype(bool)
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:

@@ -19,6 +19,7 @@ from nerfbs.preprocess.tracking import canonical_face, one_euro, read_frames, re
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 LANDMARKER = SHARED / "models" / "face_landmarker_v2_with_blendshapes.task"
+SEGMENTER = SHARED / "models" / "selfie_segmentation.tflite"
 VIDEO = SHARED / "videos" / "talk_speech_katie.mp4"
 CLIP_FRAMES, CLIP_SIZE, SIZE = 24, 256, 128
 
@@ -36,13 +37,15 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Pat
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory):
     assert LANDMARKER.is_file(), f"{LANDMARKER} is missing (../shared/models)"
+    assert SEGMENTER.is_file(), f"{SEGMENTER} is missing (../shared/models)"
     assert VIDEO.is_file(), f"{VIDEO} is missing (../shared/videos)"
     tmp = tmp_path_factory.mktemp("preprocess")
     frames = [cv2.resize(rgb, (CLIP_SIZE, CLIP_SIZE), interpolation=cv2.INTER_AREA)
               for _, rgb in read_frames(VIDEO, CLIP_FRAMES)]
     clip = _write_video(tmp / "clip.mp4", frames)
     stages = []
-    report = preprocess_video(clip, tmp / "subject", size=SIZE, landmarker=LANDMARKER, preview=True,
+    report = preprocess_video(clip, tmp / "subject", size=SIZE, landmarker=LANDMARKER, segmenter=SEGMENTER,
+                              preview=True,
                               progress=lambda stage, done, total: stages.append((stage, done, total)))
     return report, stages
 
@@ -102,7 +105,7 @@ def test_video_without_a_face_is_a_user_error(tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, (6, 96, 96, 3), dtype=np.uint8)
     clip = _write_video(tmp_path / "noise.mp4", list(noise))
     with pytest.raises(UserError, match="no face found in any of its 6 frames"):
-        preprocess_video(clip, tmp_path / "out", size=64, landmarker=LANDMARKER)
+        preprocess_video(clip, tmp_path / "out", size=64, landmarker=LANDMARKER, segmenter=SEGMENTER)
     assert not (tmp_path / "out" / "transforms.json").exists()
 
 

@@ -127,6 +127,16 @@ class Subject:
         rgb, mask = _read_frame(self.root, self.img_ids[i], self.height, self.width)
         return torch.from_numpy(rgb).to(self.device), torch.from_numpy(mask).to(self.device)
 
+    def original(self, i: int) -> Optional[np.ndarray]:
+        """Frame i's original image (ori_imgs/<img_id>.jpg) as RGB uint8 [H, W, 3] numpy, or None when the
+        subject has no such file; a file of another size is a UserError."""
+        if not 0 <= i < self.num_frames:
+            raise IndexError(f"frame {i} out of range [0, {self.num_frames})")
+        path = self.root / "ori_imgs" / f"{self.img_ids[i]}.jpg"
+        if not path.is_file():
+            return None
+        return np.ascontiguousarray(_read_image(path, self.img_ids[i], self.height, self.width)[..., ::-1])
+
     def frames(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Head images [B, H, W, 3] uint8 and masks [B, H, W] bool of the given frames."""
         idx = indices.long()

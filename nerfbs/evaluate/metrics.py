@@ -51,10 +51,18 @@ def _crop_pair(pred, target, rect: Rect | None) -> tuple[np.ndarray, np.ndarray]
     return pred[y0:y1, x0:x1], target[y0:y1, x0:x1]
 
 
-def psnr(pred, target, rect: Rect | None = None) -> float:
-    """Peak signal-to-noise ratio in dB, ``-10 log10(mean squared error)`` over all pixels and channels (peak 1);
-    infinite for identical images."""
-    pred, target = _crop_pair(pred, target, rect)
+def psnr(pred, target, rect: Rect | None = None, mask: np.ndarray | None = None) -> float:
+    """Peak signal-to-noise ratio in dB, ``-10 log10(mean squared error)`` over all pixels and channels (peak 1),
+    or over the pixels where ``mask`` ([H, W] bool, of the whole image) is True; infinite for identical images."""
+    if mask is not None:
+        if rect is not None:
+            raise ValueError("give psnr a rect or a mask, not both")
+        pred, target = _crop_pair(pred, target, None)
+        if mask.shape != pred.shape[:2] or not mask.any():
+            raise ValueError(f"mask of shape {mask.shape} must be the image's {pred.shape[:2]} and select a pixel")
+        pred, target = pred[mask], target[mask]
+    else:
+        pred, target = _crop_pair(pred, target, rect)
     mse = float(np.mean((pred - target) ** 2))
     return math.inf if mse == 0.0 else -10.0 * math.log10(mse)
 

@@ -1,5 +1,7 @@
 """Held-out evaluation: PSNR, SSIM and LPIPS of rendered frames against head_imgs (already composited on
-the dataset background), over the full frame and inside the face and mouth rectangles."""
+the dataset background), over the full frame and inside the face and mouth rectangles; and the face score
+(``nerfbs.evaluate.face``): PSNR inside the landmarks' shrunk convex hull against the original frame, which
+does not depend on the head masks."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,10 +12,12 @@ import numpy as np
 import torch
 
 from nerfbs.evaluate import metrics
+from nerfbs.evaluate.face import FACE_SHRINK, face_psnr
 from nerfbs.atomic import write_text
 from nerfbs.images import error_grid, write_png
 
-REGIONS = ("full", "face", "mouth")
+REGIONS = ("full", "face", "mouth", "face_hull")  # face_hull: the face score, PSNR only, against ori_imgs
+LABELS = {"full": "full", "face": "face", "mouth": "mouth", "face_hull": "face hull vs ori_imgs"}
 PSNR_CAP = 100.0  # identical images have infinite PSNR; reports (and JSON) cap it here
 
 
@@ -41,7 +45,9 @@ class Evaluation:
         for region in REGIONS:
             m = mean[region]
             fmt = lambda v, p: "n/a" if v is None else f"{v:.{p}f}"
-            lines.append(f"| {region} | {fmt(m['psnr'], 2)} | {fmt(m['ssim'], 4)} | {fmt(m['lpips'], 4)} |")
+            lines.append(f"| {LABELS[region]} | {fmt(m['psnr'], 2)} | {fmt(m['ssim'], 4)} | {fmt(m['lpips'], 4)} |")
+        lines += ["", f"face hull vs ori_imgs: the render against the original frame inside the convex hull of the "
+                      f"frame's landmarks, eroded by {FACE_SHRINK:.0%} of its size (independent of the head masks)."]
         return "\n".join(lines) + "\n"
 
 
@@ -50,8 +56,10 @@ def _rect(r) -> tuple[int, int, int, int]:
 
 
 def score_frame(pred: np.ndarray, truth: np.ndarray, face_rect, mouth_rect,
-                lpips_model: torch.nn.Module | None) -> dict:
-    """Metrics of one frame (float [H, W, 3] images in [0, 1]) for each region."""
+                lpips_model: torch.nn.Module | None, original: np.ndarray | None = None,
+                landmarks: np.ndarray | None = None) -> dict:
+    """Metrics of one frame (float [H, W, 3] images in [0, 1]) for each region; the face score ("face_hull")
+    needs the original frame (uint8 or float [H, W, 3]) and its landmarks [478, 2], else it is None."""
     row = {}
     for region, rect in (("full", None), ("face", _rect(face_rect)), ("mouth", _rect(mouth_rect))):
         row[region] = {
@@ -59,20 +67,25 @@ def score_frame(pred: np.ndarray, truth: np.ndarray, face_rect, mouth_rect,
             "ssim": metrics.ssim(pred, truth, rect=rect),
             "lpips": metrics.lpips_distance(lpips_model, pred, truth, rect=rect) if lpips_model is not None else None,
         }
+    score = None if original is None or landmarks is None else face_psnr(pred, original, landmarks)
+    row["face_hull"] = {"psnr": None if score is None else min(score, PSNR_CAP), "ssim": None, "lpips": None}
     return row
 
 
 def evaluate_frames(render: Callable[[int], tuple[np.ndarray, np.ndarray]], frames: list[int], face_rects,
                     mouth_rects, lpips_model: torch.nn.Module | None,
                     progress: Callable[[int, int], None] | None = None,
-                    keep_worst: int = 0) -> tuple[Evaluation, list[tuple[float, int, np.ndarray, np.ndarray]]]:
+                    keep_worst: int = 0, originals: Callable[[int], tuple] | None = None
+                    ) -> tuple[Evaluation, list[tuple[float, int, np.ndarray, np.ndarray]]]:
     """Score ``render(frame) -> (prediction, truth)`` on each frame; also return the ``keep_worst`` frames with the
-    lowest full-frame PSNR as (psnr, frame, prediction, truth)."""
+    lowest full-frame PSNR as (psnr, frame, prediction, truth). ``originals(frame) -> (original image or None,
+    landmarks [478, 2])`` gives what the face score needs (without it the face score is n/a)."""
     result = Evaluation()
     worst: list[tuple[float, int, np.ndarray, np.ndarray]] = []
     for i, frame in enumerate(frames):
         pred, truth = render(frame)
-        row = score_frame(pred, truth, face_rects[frame], mouth_rects[frame], lpips_model)
+        original, landmarks = originals(frame) if originals is not None else (None, None)
+        row = score_frame(pred, truth, face_rects[frame], mouth_rects[frame], lpips_model, original, landmarks)
         row["frame"] = int(frame)
         result.rows.append(row)
         if keep_worst:

@@ -1,12 +1,18 @@
 """Head masks and the static background for the video preprocessor.
 
-The head's extent comes from the tracked pose: a skull ellipsoid and a neck cylinder, defined in
-MediaPipe's canonical face frame (cm; x right, y up, z towards the viewer; the chin at y = -9.4, the
-forehead at y = 8.3, the nose tip at z = 7.6) and projected into the crop. Outside them is surely not
-head; the neck is cut at a fixed distance below the chin (the "collar"). Inside them, GrabCut decides,
-seeded by the face's landmark hull (surely head) and by the difference to the background image, which
-is the per-pixel median over frames where that pixel is outside the person, holes filled by
-``cv2.inpaint``. All arrays are numpy; nothing here is differentiable.
+A person segmenter (``nerfbs.preprocess.segmentation``) says, per pixel of the crop, how sure it is that the
+pixel shows the person: face, hair, neck, clothes, and anyone else in view. The tracked geometry makes a
+head of it: a skull ellipsoid and a neck cylinder, defined in MediaPipe's canonical face frame (cm; x right,
+y up, z towards the viewer; the chin at y = -9.4, the forehead at y = 8.3, the nose tip at z = 7.6) and
+projected into the crop, bound where the head can be, and the neck is cut at a fixed distance below the
+chin (the "collar line"). Clothes that reach higher than the collar line (a turtleneck, a raised collar)
+are told from the head by colour: histograms of the head's colours (above the chin) and the torso's (below
+the collar line), gathered over the video, give each pixel below the jaw a probability of being clothes.
+The head confidence (person confidence, clothes removed, its edges snapped to the image's by a guided
+filter) is smoothed over time without lag (``segmentation.zero_phase_smooth``), thresholded at 0.5, and
+only the region joined to the face's landmark hull is kept (other people and stray blobs go). The background image is the per-pixel median
+over frames where the pixel is surely not the person, holes filled by ``cv2.inpaint``. All arrays are
+numpy; nothing here is differentiable.
 """
 from __future__ import annotations
 
@@ -15,16 +21,24 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from nerfbs.images import convex_hull_mask
+
 SKULL_CENTRE = np.array([0.0, 2.5, -2.5])  # cm, canonical face frame
 SKULL_RADII = np.array([11.5, 13.5, 12.5])  # cm: hair volume included
-PERSON_MARGIN = 1.3  # the skull scaled by this is kept out of the background estimate
 NECK_CENTRE_XZ = (0.0, -3.0)  # cm
 NECK_RADIUS = 6.0  # cm
 NECK_TOP = -3.0  # cm, y where the neck cylinder starts (inside the jaw)
 COLLAR_Y = -15.0  # cm, y of the head/torso cut (5.6 cm below the chin)
-DIFF_THRESHOLD = 24.0  # 8-bit colour distance above which a pixel differs from the background
-GRABCUT_SIDE = 224  # GrabCut runs on the head's box scaled to at most this side
-GRABCUT_ITERATIONS = 3
+HEAD_THRESHOLD = 0.5  # smoothed head confidence at the mask's edge
+BACKGROUND_PERSON = 0.05  # person confidence above which a pixel is kept out of the background estimate
+BACKGROUND_MARGIN = 0.02  # ... dilated by this share of the crop's side (soft hair edges)
+CHIN, FOREHEAD = 152, 10  # landmark indices
+BAND_ABOVE_CHIN = 0.2  # clothes may be cut from this share of the face's height above the chin downwards
+CLOTHES_SURE = (0.75, 0.92)  # P(clothes | colour) from which the head confidence starts to fall, and is 0
+HISTOGRAM_BINS = (4, 24, 24)  # CIELAB L, a, b
+GUIDE_RADIUS = 1 / 64  # guided filter window radius, as a share of the crop's side (8 px at 512)
+GUIDE_EPS = 1e-3  # guided filter regularisation (grey levels in [0, 1]): edges weaker than ~0.03 are smoothed
+MIN_TORSO_SAMPLES = 2000  # fewer torso pixels over the sampled frames: no cut by colour
 
 
 @dataclass(frozen=True)
@@ -69,10 +83,7 @@ def neck_points() -> np.ndarray:
 
 
 def _hull_mask(pixels: np.ndarray, size: int) -> np.ndarray:
-    mask = np.zeros((size, size), np.uint8)
-    hull = cv2.convexHull(np.round(pixels * 4).astype(np.int32))
-    cv2.fillConvexPoly(mask, hull, 1, lineType=cv2.LINE_8, shift=2)
-    return mask.astype(bool)
+    return convex_hull_mask(pixels, size, size)
 
 
 def possible_head(head_to_camera: np.ndarray, cam: Camera) -> np.ndarray:
@@ -92,20 +103,6 @@ def below_collar(head_to_camera: np.ndarray, cam: Camera) -> np.ndarray:
     if np.dot(normal, down - a) < 0:
         normal = -normal
     return (uu - a[0]) * normal[0] + (vv - a[1]) * normal[1] > 0
-
-
-def person_prior(head_to_camera: np.ndarray, cam: Camera) -> np.ndarray:
-    """[S, S] bool: pixels that may show the person (head, neck, and a torso widening below the collar);
-    the background is estimated only where this is False."""
-    head = _hull_mask(project(skull_points(PERSON_MARGIN), head_to_camera, cam), cam.size)
-    head |= _hull_mask(project(neck_points(), head_to_camera, cam), cam.size)
-    c = project(np.array([[0.0, COLLAR_Y, NECK_CENTRE_XZ[1]]]), head_to_camera, cam)[0]
-    chin = project(np.array([[0.0, -9.4, 4.3]]), head_to_camera, cam)[0]
-    face = np.linalg.norm(project(np.array([[0.0, 8.3, 4.5]]), head_to_camera, cam)[0] - chin)
-    vv, uu = np.mgrid[0:cam.size, 0:cam.size].astype(np.float64)
-    below = vv - (chin[1] + c[1]) / 2
-    torso = (below > 0) & (np.abs(uu - c[0]) < 0.45 * face + 1.5 * below)
-    return head | torso
 
 
 def face_hull(landmarks: np.ndarray, size: int) -> np.ndarray:
@@ -132,60 +129,144 @@ def estimate_background(frames: list[np.ndarray], excluded: list[np.ndarray]) ->
     return background, seen
 
 
+
+
+def background_excluded(person: np.ndarray) -> np.ndarray:
+    """[S, S] bool: pixels kept out of the background estimate, given the frame's person confidence [S, S]
+    (everything the segmenter might call person, widened by a margin for soft edges)."""
+    size = person.shape[0]
+    r = max(1, round(BACKGROUND_MARGIN * size))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return cv2.dilate((person > BACKGROUND_PERSON).astype(np.uint8), kernel).astype(bool)
+
+
+# ------------------------------------------------------------------------------------------- clothes
+def below_jaw(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """[S, S] bool: pixels beyond the line across the face at BAND_ABOVE_CHIN of its height above the chin
+    (perpendicular to the forehead-chin axis), outside the face's landmark hull: where clothes may be."""
+    chin, top = landmarks[CHIN], landmarks[FOREHEAD]
+    axis = chin - top
+    height = max(float(np.linalg.norm(axis)), 1e-6)
+    down = axis / height
+    vv, uu = np.mgrid[0:size, 0:size].astype(np.float32)
+    s = (uu - chin[0]) * down[0] + (vv - chin[1]) * down[1]
+    return (s > -BAND_ABOVE_CHIN * height) & ~face_hull(landmarks, size)
+
+
+def _bins(rgb: np.ndarray) -> np.ndarray:
+    """Histogram bin index [...] int64 of RGB uint8 pixels [..., 3]: CIELAB with coarse lightness and fine
+    chroma, so that a shadow on the skin changes the bin less than another material does."""
+    lab = cv2.cvtColor(np.ascontiguousarray(rgb.reshape(-1, 1, 3)), cv2.COLOR_RGB2LAB).reshape(rgb.shape)
+    idx = lab.astype(np.int64) * np.array(HISTOGRAM_BINS) // 256
+    return (idx[..., 0] * HISTOGRAM_BINS[1] + idx[..., 1]) * HISTOGRAM_BINS[2] + idx[..., 2]
+
+
+def _histogram(pixels: np.ndarray) -> np.ndarray:
+    """[bins] float64 colour frequencies of RGB uint8 pixels [N, 3] (``_bins``), summing to 1."""
+    counts = np.bincount(_bins(pixels), minlength=int(np.prod(HISTOGRAM_BINS))).astype(np.float64)
+    return counts / max(counts.sum(), 1.0)
+
+
+@dataclass(frozen=True)
+class ClothesModel:
+    """Colour histograms (``_bins``) of the head (face and hair above the chin) and the torso (below the
+    collar line), gathered over frames of one video."""
+
+    head: np.ndarray
+    torso: np.ndarray
+
+    def probability(self, rgb: np.ndarray) -> np.ndarray:
+        """[H, W] float32: P(torso | colour) of each pixel of rgb [H, W, 3] uint8 with equal priors; 0.5
+        for colours seen in neither."""
+        idx = _bins(rgb)
+        t, h = self.torso[idx], self.head[idx]
+        return ((t + 1e-6) / (t + h + 2e-6)).astype(np.float32)
+
+
+def fit_clothes(frames: list[np.ndarray], persons: list[np.ndarray], landmarks: np.ndarray,
+                matrices: np.ndarray, cam: Camera) -> ClothesModel | None:
+    """The head and torso colour histograms of ``frames`` (RGB [S, S, 3] uint8) with their person
+    confidences [S, S], landmarks [K, 478, 2] and poses [K, 4, 4]; None when the torso is (nearly) never
+    in view below the collar line."""
+    head, torso = [], []
+    for rgb, person, lms, m in zip(frames, persons, landmarks, matrices):
+        sure = person > 0.9
+        collar = below_collar(m, cam)
+        head.append(rgb[sure & ~below_jaw(lms, cam.size) & ~collar])
+        torso.append(rgb[sure & collar & ~possible_head(m, cam)])
+    torso_px = np.concatenate(torso) if torso else np.zeros((0, 3), np.uint8)
+    if len(torso_px) < MIN_TORSO_SAMPLES:
+        return None
+    return ClothesModel(head=_histogram(np.concatenate(head)), torso=_histogram(torso_px))
+
+
 # ------------------------------------------------------------------------------------------- masks
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al.'s guided filter (2010): src [H, W] float32 filtered to follow the edges of guide [H, W]
+    float32 (grey levels in [0, 1]); in each (2 radius + 1)^2 window the output is a linear function of the
+    guide, fitted to src by least squares with ridge ``eps``. Returns [H, W] float32."""
+    size = (2 * radius + 1, 2 * radius + 1)
+
+    def box(x: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(x, -1, size, borderType=cv2.BORDER_REFLECT)
+
+    mean_i, mean_p = box(guide), box(src)
+    a = (box(guide * src) - mean_i * mean_p) / (box(guide * guide) - mean_i * mean_i + eps)
+    b = mean_p - a * mean_i
+    return box(a) * guide + box(b)
+
+
+def head_confidence(person: np.ndarray, rgb: np.ndarray, landmarks: np.ndarray, head_to_camera: np.ndarray,
+                    cam: Camera, clothes: ClothesModel | None) -> np.ndarray:
+    """[S, S] float32 in [0, 1]: how sure a pixel shows the head: the person confidence [S, S], lowered to 0
+    on clothes, its edges snapped to the image's by a guided filter (the segmenter sees the crop at 256 px).
+
+    Clothes are found with two thresholds on P(clothes | colour) (``CLOTHES_SURE``, as a hysteresis): the
+    regions below the jaw where it exceeds the lower one, that hold a pixel above the upper one and reach
+    below the collar line (clothes come up from the torso; a shadow on the neck does not). Without a
+    ``clothes`` model no clothes are removed.
+    """
+    conf = person.astype(np.float32)
+    if clothes is not None:
+        lo, hi = CLOTHES_SURE
+        p = clothes.probability(rgb)
+        band = below_jaw(landmarks, cam.size)
+        weak = (p > lo) & band
+        seeds = (p > hi) & band & below_collar(head_to_camera, cam)
+        found = _components_touching(weak, seeds)
+        conf *= np.where(found, np.clip((hi - p) / (hi - lo), 0.0, 1.0), 1.0).astype(np.float32)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    radius = max(1, round(GUIDE_RADIUS * cam.size))
+    return np.clip(guided_filter(grey, conf, radius, GUIDE_EPS), 0.0, 1.0)
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """mask [H, W] bool with enclosed holes filled."""
     pad = np.pad(mask.astype(np.uint8), 1)
     flood = pad.copy()
     cv2.floodFill(flood, None, (0, 0), 1)
-    return (mask | (flood[1:-1, 1:-1] == 0))
+    return mask | (flood[1:-1, 1:-1] == 0)
 
 
-def _component_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
-    """The connected components of mask [H, W] bool that overlap seed [H, W] bool."""
-    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+def _components_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The connected components (8-connected) of mask [H, W] bool that overlap seed [H, W] bool."""
+    _, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
     keep = np.unique(labels[seed & mask])
-    keep = keep[keep > 0]
-    return np.isin(labels, keep) if count > 1 else mask
+    return np.isin(labels, keep[keep > 0])
 
 
-def head_mask(rgb: np.ndarray, landmarks: np.ndarray, head_to_camera: np.ndarray, cam: Camera,
-              background: np.ndarray | None, seen: np.ndarray | None = None) -> np.ndarray:
-    """[S, S] bool head mask (face, hair, ears, neck above the collar) of one crop rgb [S, S, 3] uint8.
+def head_mask(confidence: np.ndarray, landmarks: np.ndarray, head_to_camera: np.ndarray, cam: Camera
+              ) -> np.ndarray:
+    """[S, S] bool head mask (face, hair, ears, neck above the collar line) of one crop.
 
-    landmarks [478, 2] crop pixels; ``head_to_camera`` [4, 4] the frame's pose; ``background`` [S, S, 3]
-    uint8 or None (then GrabCut works from colour alone), trusted only where ``seen`` [S, S] bool (default:
-    everywhere); elsewhere GrabCut decides from colour.
+    ``confidence`` [S, S] the frame's head confidence (``head_confidence``, smoothed over time); landmarks
+    [478, 2] crop pixels; ``head_to_camera`` [4, 4] the frame's pose. The mask is where the confidence
+    reaches HEAD_THRESHOLD inside the possible head, above the collar line, joined to the face's landmark
+    hull (which is always head), enclosed holes filled.
     """
-    size = cam.size
     possible = possible_head(head_to_camera, cam) & ~below_collar(head_to_camera, cam)
-    face = face_hull(landmarks, size)
-    sure = cv2.erode(face.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & possible
-    gc = np.full((size, size), cv2.GC_BGD, np.uint8)
-    if background is not None:
-        blur = lambda a: cv2.GaussianBlur(a, (5, 5), 0).astype(np.float32)  # noqa: E731
-        same = np.abs(blur(rgb) - blur(background)).max(-1) <= DIFF_THRESHOLD
-        if seen is not None:
-            same &= seen
-        gc[possible] = np.where(same[possible], cv2.GC_PR_BGD, cv2.GC_PR_FGD)
-    else:
-        gc[possible] = cv2.GC_PR_FGD
-    gc[sure] = cv2.GC_FGD
-    ys, xs = np.nonzero(cv2.dilate(possible.astype(np.uint8), np.ones((15, 15), np.uint8)))
-    if len(ys) == 0:
-        return face
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    scale = min(1.0, GRABCUT_SIDE / max(y1 - y0, x1 - x0))
-    small = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
-    roi = cv2.resize(np.ascontiguousarray(rgb[y0:y1, x0:x1]), small, interpolation=cv2.INTER_AREA)
-    roi_gc = cv2.resize(gc[y0:y1, x0:x1], small, interpolation=cv2.INTER_NEAREST)
-    if (roi_gc == cv2.GC_FGD).any() and ((roi_gc == cv2.GC_BGD) | (roi_gc == cv2.GC_PR_BGD)).any():
-        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-        cv2.grabCut(cv2.cvtColor(roi, cv2.COLOR_RGB2BGR), roi_gc, None, bgd, fgd, GRABCUT_ITERATIONS,
-                    cv2.GC_INIT_WITH_MASK)
-    fg = ((roi_gc == cv2.GC_FGD) | (roi_gc == cv2.GC_PR_FGD)).astype(np.float32)
-    full = np.zeros((size, size), bool)
-    full[y0:y1, x0:x1] = cv2.resize(fg, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) > 0.5
-    mask = cv2.morphologyEx(full.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
-    mask = _component_touching(mask & possible, sure) | sure
+    sure = cv2.erode(face_hull(landmarks, cam.size).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    sure &= possible
+    mask = (confidence >= HEAD_THRESHOLD) & possible
+    mask = _components_touching(mask | sure, sure)
     return _fill_holes(mask) & possible

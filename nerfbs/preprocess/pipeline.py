@@ -9,7 +9,8 @@
    own 63 degrees by default; the tracked translation is rescaled for another). The head is fixed in
    world space: world = HEAD_SCALE * (canonical face point in cm - HEAD_CENTRE), inside the default
    scene cube [-0.06, 0.06]^3; the moving camera is written with ``stored_from_renderer``.
-4. Mask and background (``nerfbs.preprocess.masks``), then the subject is written by ``SubjectWriter``.
+4. Mask and background: MediaPipe's person segmenter on every crop, made a head by the tracked geometry
+   and smoothed over time (``nerfbs.preprocess.masks``); the subject is written by ``SubjectWriter``.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ import numpy as np
 
 from nerfbs.errors import UserError
 from nerfbs.data.writer import SubjectWriter
-from nerfbs.preprocess.masks import (Camera, estimate_background, head_mask, neck_points, person_prior, project,
-                                    skull_points)
+from nerfbs.preprocess.masks import (Camera, background_excluded, estimate_background, fit_clothes, head_confidence,
+                                    head_mask, neck_points, project, skull_points)
+from nerfbs.preprocess.segmentation import Segmenter, resolve_segmenter, zero_phase_smooth
 from nerfbs.preprocess.tracking import (MEDIAPIPE_FOV_DEGREES, Progress, Track, probe_video, read_frames, resolve_landmarker,
                              smooth_rigid, track_video, zero_lag_one_euro)
 
@@ -135,12 +137,13 @@ def _frames_by_index(video, indices: np.ndarray, max_frames: int | None):
 
 def preprocess_video(video: str | os.PathLike, out: str | os.PathLike, *, size: int = 512,
                      max_frames: int | None = None, landmarker: str | os.PathLike | None = None,
-                     fov_degrees: float = MEDIAPIPE_FOV_DEGREES, preview: bool = False,
+                     segmenter: str | os.PathLike | None = None, fov_degrees: float = MEDIAPIPE_FOV_DEGREES,
+                     preview: bool = False,
                      progress: Progress = None) -> PreprocessReport:
     """Turn ``video`` into a subject folder ``out`` (FORMAT.md layout, exp_ori = 52 blendshapes with their
     names in transforms.json as ``exp_names``). Returns what was written.
 
-    Raises UserError for a missing video or landmarker, an undecodable video, or no face at all.
+    Raises UserError for a missing video, landmarker or segmenter, an undecodable video, or no face at all.
     """
     if size < 16:
         raise UserError(f"--size {size}: too small — use at least 16")
@@ -151,6 +154,7 @@ def preprocess_video(video: str | os.PathLike, out: str | os.PathLike, *, size: 
         raise UserError(f"{out}: already holds a subject (transforms.json) — choose another folder or delete it")
     probe_video(video)  # a bad video path fails before the model is looked for
     model = resolve_landmarker(landmarker)
+    segmenter_model = resolve_segmenter(segmenter)
     track = track_video(video, model, max_frames=max_frames, progress=progress)
     info = track.info
     matrices, landmarks = smooth_track(track, fov_degrees)
@@ -159,33 +163,41 @@ def preprocess_video(video: str | os.PathLike, out: str | os.PathLike, *, size: 
     crop_lms = crop.to_crop(landmarks)
     n = len(track.frame_index)
 
-    sample = np.unique(np.linspace(0, n - 1, min(n, BACKGROUND_SAMPLES)).round().astype(int))
-    frames, excluded = [], []
-    for done, (k, rgb) in enumerate(_frames_by_index(video, track.frame_index[sample], max_frames), 1):
-        frames.append(crop.apply(rgb))
-        excluded.append(person_prior(matrices[sample[k]], cam))
-        if progress is not None:
-            progress("background", done, len(sample))
-    background, seen = estimate_background(frames, excluded)
-
-    picks = set(np.linspace(0, n - 1, min(n, PREVIEW_FRAMES)).round().astype(int).tolist()) if preview else set()
-    tiles = []
-    writer = SubjectWriter(out, height=size, width=size, fx=cam.fx, fy=cam.fy, cx=cam.cx, cy=cam.cy,
-                           exp_names=track.blendshape_names)
-    with writer:
-        writer.write_background(background)
-        for done, (k, rgb) in enumerate(_frames_by_index(video, track.frame_index, max_frames), 1):
-            ori = crop.apply(rgb)
-            mask = head_mask(ori, crop_lms[k], matrices[k], cam, background, seen)
-            head = np.where(mask[..., None], ori, background)
-            parsing = np.zeros_like(ori)
-            parsing[mask] = (0, 0, 255)
-            writer.add_frame(int(track.frame_index[k]), ori=ori, head=head, parsing=parsing, landmarks=crop_lms[k],
-                             coeffs=track.blendshapes[k], renderer_pose=renderer_pose(matrices[k]))
-            if k in picks:
-                tiles.append(_preview_row(ori, mask, head, crop_lms[k]))
+    with Segmenter(segmenter_model) as seg:
+        sample = np.unique(np.linspace(0, n - 1, min(n, BACKGROUND_SAMPLES)).round().astype(int))
+        frames, persons = [], []
+        for done, (k, rgb) in enumerate(_frames_by_index(video, track.frame_index[sample], max_frames), 1):
+            frames.append(crop.apply(rgb))
+            persons.append(seg.person(frames[-1]))
             if progress is not None:
-                progress("writing", done, n)
+                progress("background", done, len(sample))
+        background, seen = estimate_background(frames, [background_excluded(p) for p in persons])
+        clothes = fit_clothes(frames, persons, crop_lms[sample], matrices[sample], cam)
+        del frames, persons
+
+        def confidences():
+            for k, rgb in _frames_by_index(video, track.frame_index, max_frames):
+                ori = crop.apply(rgb)
+                yield (k, ori), head_confidence(seg.person(ori), ori, crop_lms[k], matrices[k], cam, clothes)
+
+        picks = set(np.linspace(0, n - 1, min(n, PREVIEW_FRAMES)).round().astype(int).tolist()) if preview else set()
+        tiles = []
+        writer = SubjectWriter(out, height=size, width=size, fx=cam.fx, fy=cam.fy, cx=cam.cx, cy=cam.cy,
+                               exp_names=track.blendshape_names)
+        with writer:
+            writer.write_background(background)
+            for done, ((k, ori), confidence) in enumerate(zero_phase_smooth(confidences()), 1):
+                mask = head_mask(confidence, crop_lms[k], matrices[k], cam)
+                head = np.where(mask[..., None], ori, background)
+                parsing = np.zeros_like(ori)
+                parsing[mask] = (0, 0, 255)
+                writer.add_frame(int(track.frame_index[k]), ori=ori, head=head, parsing=parsing,
+                                 landmarks=crop_lms[k], coeffs=track.blendshapes[k],
+                                 renderer_pose=renderer_pose(matrices[k]))
+                if k in picks:
+                    tiles.append(_preview_row(ori, mask, head, crop_lms[k]))
+                if progress is not None:
+                    progress("writing", done, n)
     preview_path = None
     if preview:
         from nerfbs.images import write_png

@@ -2,17 +2,14 @@
 frame, smooth the result over time.
 
 The landmarker bundle (``face_landmarker_v2_with_blendshapes.task``) comes from ``--landmarker PATH``,
-else the cache (``$NERFBS_CACHE`` or ``~/.cache/nerfbs``), else a download from MediaPipe's model
-storage checked against its sha256. MediaPipe is an optional extra; it is imported only here, when a
-video is tracked. Nothing here is differentiable.
+else the cache, else a checked download (``nerfbs.preprocess.models``). MediaPipe is an optional extra;
+it is imported only when a video is tracked or segmented. Nothing here is differentiable.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +17,13 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from nerfbs.atomic import atomic_path
 from nerfbs.errors import UserError
+from nerfbs.preprocess.models import LANDMARKER, open_task, resolve_model
 
 log = logging.getLogger(__name__)
 
 Progress = Optional[Callable[[str, int, int], None]]  # (stage, done, total)
 
-LANDMARKER_NAME = "face_landmarker_v2_with_blendshapes.task"
-LANDMARKER_URL = ("https://storage.googleapis.com/mediapipe-assets/face_landmarker_v2_with_blendshapes.task"
-                  "?generation=1681322467931433")
-LANDMARKER_SHA256 = "b261925d4aad812b47a0e8d58c1baa1223270a5d1f663d78338bc881c003879d"
 NUM_LANDMARKS = 478
 MEDIAPIPE_FOV_DEGREES = 63.0  # vertical field of view MediaPipe's face geometry assumes for its matrix
 INSTALL_HINT = ("install the preprocess extra: pip install 'nerfbs[preprocess]' && "
@@ -38,54 +31,10 @@ INSTALL_HINT = ("install the preprocess extra: pip install 'nerfbs[preprocess]' 
 
 
 # ------------------------------------------------------------------------------------------- the model
-def cache_dir() -> Path:
-    """Where downloaded models live: ``$NERFBS_CACHE`` or ``~/.cache/nerfbs``."""
-    env = os.environ.get("NERFBS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "nerfbs"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _download(target: Path) -> None:
-    with urllib.request.urlopen(LANDMARKER_URL, timeout=60) as response:
-        data = response.read()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != LANDMARKER_SHA256:
-        raise UserError(f"{LANDMARKER_URL}: downloaded file has sha256 {digest[:12]}…, expected "
-                        f"{LANDMARKER_SHA256[:12]}… — download it by hand to {target}")
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
-
-
 def resolve_landmarker(path: str | os.PathLike | None = None, *, download: bool = True) -> Path:
-    """The landmarker bundle: ``path`` if given, else the cached copy, else a checked download into the cache.
-
-    Raises UserError naming where to put the file when none of these works.
-    """
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{p}: landmarker model not found — give the path of {LANDMARKER_NAME}")
-        return p
-    cached = cache_dir() / LANDMARKER_NAME
-    if cached.is_file():
-        return cached
-    if download:
-        try:
-            log.info("downloading %s to %s", LANDMARKER_URL, cached)
-            _download(cached)
-            return cached
-        except OSError as err:
-            log.info("download failed: %s", err)
-    raise UserError(f"{cached}: landmarker model not found and not downloadable — put {LANDMARKER_NAME} "
-                    f"(sha256 {LANDMARKER_SHA256[:12]}…, from {LANDMARKER_URL.split('?')[0]}) there, "
-                    "set NERFBS_CACHE to its folder, or pass --landmarker PATH")
+    """The landmarker bundle: ``path`` if given, else the cached copy, else a checked download into the cache
+    (``nerfbs.preprocess.models.resolve_model``). Raises UserError naming where to put the file."""
+    return resolve_model(LANDMARKER, path, download=download)
 
 
 def canonical_face(landmarker: str | os.PathLike) -> np.ndarray:
@@ -221,7 +170,7 @@ def track_video(video: str | os.PathLike, landmarker: str | os.PathLike, *, max_
     index, lms, shapes, mats, names = [], [], [], [], None
     decoded = 0
     scale = np.array([info.width, info.height], dtype=np.float64)
-    with vision.FaceLandmarker.create_from_options(options) as detector:
+    with open_task(LANDMARKER, landmarker, lambda: vision.FaceLandmarker.create_from_options(options)) as detector:
         for i, rgb in read_frames(video, max_frames):
             decoded += 1
             stamp_ms = int(round(i * 1000.0 / info.fps))
