@@ -152,12 +152,12 @@ class ViewerGui:
             async def _(camera: viser.CameraHandle) -> None:
                 view, cid = _view(camera), camera.client.client_id
                 before = state.view(cid)
-                state.set_view(cid, view)
                 moved = before is not None and not np.allclose(before.pose, view.pose, atol=1e-7)
                 if moved and player.follow and not player.playing:
                     # the browser's own camera moved: it takes over from the frame's
                     self.follow.value = False
                     player.set_follow(False)
+                state.set_view(cid, view)
 
             state.set_view(client.client_id, _view(client.camera), moving=False)
 

@@ -25,7 +25,7 @@ from nerfbs.viewer.state import ViewerState
 
 INSTALL_HINT = "pip install -e '.[view]' (or: pip install viser)"
 GPU_SIDE = 512  # default longest image side (pixels) when rendering on a GPU ...
-CPU_SIDE = 256  # ... and on the CPU
+CPU_SIDE = 128  # ... and on the CPU
 
 
 def default_side(avatar: Avatar) -> int:
@@ -109,6 +109,7 @@ def open_viewer(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 
     viser = import_viser()
     from nerfbs.viewer.gui import ViewerGui
 
+    check_port(host, port)
     avatar = avatar if avatar is not None else load_avatar(checkpoint, subject_dir=subject)
     side = side or default_side(avatar)
     if not 16 <= side <= 4096:
@@ -122,7 +123,6 @@ def open_viewer(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 
     renderer(first.poses[0], intrinsics_for(fov_y, 1.0, 32), first.coeffs[0], "dataset")  # compile the kernels now
     start = start_camera(first.poses[0], s.intrinsics, views.rig_from_poses(s.poses).up.numpy())
 
-    check_port(host, port)
     with _quiet():
         server = viser.ViserServer(host=host, port=port, label="nerfbs view", verbose=False)
     bound = server.get_port()
