@@ -37,11 +37,11 @@ class ViewerGui:
 
     ``names``, ``lo``, ``hi`` [K]: the coefficients' names (or None) and training range; ``start``: where a
     browser's camera starts (and returns to); ``stats``: the render loop's read-out; ``snapshot_dir``: where
-    snapshots are written."""
+    snapshots are written; ``title`` (markdown) heads the panel."""
 
     def __init__(self, server: viser.ViserServer, state: ViewerState, player: Player, *, names, lo: np.ndarray,
                  hi: np.ndarray, start: StartCamera, stats: Callable[[], FrameStats], snapshot_dir: Path,
-                 snapshot_stem: str):
+                 snapshot_stem: str, title: str = ""):
         self.server, self.state, self.player, self.start = server, state, player, start
         self._stats = stats
         self._snapshot_dir, self._snapshot_stem = Path(snapshot_dir), snapshot_stem
@@ -51,6 +51,8 @@ class ViewerGui:
         gui = server.gui
         gui.configure_theme(control_width="medium", show_share_button=False, show_logo=False,
                             brand_color=(70, 110, 180))
+        if title:
+            gui.add_markdown(title)
         with gui.add_folder("View"):
             sides = sorted(set(SIDES) | {state.side})
             self.resolution = gui.add_dropdown("Resolution", [str(s) for s in sides], initial_value=str(state.side),
@@ -59,7 +61,18 @@ class ViewerGui:
             self.readout = gui.add_text("Frames/s", initial_value="-", disabled=True)
             self.reset_camera = gui.add_button("Reset camera", hint="Back to the subject's own camera")
             self.snapshot = gui.add_button("Snapshot", hint=f"Save a PNG of this view to {self._snapshot_dir}")
-        with gui.add_folder("Sequence"):
+        with gui.add_folder("Expression"):
+            self.neutral = gui.add_button("Neutral", hint="Every coefficient at 0 (within the training range)")
+            self.sliders: dict[int, viser.GuiSliderHandle] = {}
+            current = state.coefficients()
+            for region, members in group_coefficients(names, state.num_coeffs):
+                with gui.add_folder(region, expand_by_default=region in ("Jaw", "Mouth", "Coefficients")):
+                    for index, label in members:
+                        low, high = float(lo[index]), float(hi[index])
+                        step = max((high - low) / 100.0, 1e-4)
+                        value = float(np.clip(current[index], low, high))
+                        self.sliders[index] = gui.add_slider(label, low, high, step, value, disabled=high <= low)
+        with gui.add_folder("Sequence", expand_by_default=False):
             self.sequence = gui.add_dropdown("Sequence", list(player.sequences), initial_value=player.name)
             self.frame = gui.add_slider("Frame", 0, max(len(player.sequence) - 1, 1), 1, 0,
                                         hint="Shows this frame's tracked expression (and camera, when followed)")
@@ -67,17 +80,6 @@ class ViewerGui:
             self.play = gui.add_button("Play", icon=viser.Icon.PLAYER_PLAY)
             self.follow = gui.add_checkbox("Follow its cameras", initial_value=player.follow)
             self.fps = gui.add_number("Playback fps", initial_value=player.fps, min=1.0, max=60.0, step=1.0)
-        with gui.add_folder("Expression"):
-            self.neutral = gui.add_button("Neutral", hint="Every coefficient at 0 (within the training range)")
-            self.sliders: dict[int, viser.GuiSliderHandle] = {}
-            current = state.coefficients()
-            for title, members in group_coefficients(names, state.num_coeffs):
-                with gui.add_folder(title, expand_by_default=title in ("Jaw", "Mouth", "Coefficients")):
-                    for index, label in members:
-                        low, high = float(lo[index]), float(hi[index])
-                        step = max((high - low) / 100.0, 1e-4)
-                        value = float(np.clip(current[index], low, high))
-                        self.sliders[index] = gui.add_slider(label, low, high, step, value, disabled=high <= low)
         self._bind()
 
     # ------------------------------------------------------------------------------------------ to browsers
@@ -88,7 +90,7 @@ class ViewerGui:
             client.scene.set_background_image(image, format="png" if image.shape[-1] == 4 else "jpeg",
                                               jpeg_quality=JPEG_QUALITY)
         now = time.monotonic()
-        if now - self._readout_at >= READOUT_SECONDS:
+        if request.full or now - self._readout_at >= READOUT_SECONDS:  # a frame at rest may be the last one
             self._readout_at = now
             s = self._stats()
             self.readout.value = f"{s.fps:.1f} fps, {s.size[1]}x{s.size[0]}, {s.render_ms:.0f} ms"
@@ -152,7 +154,7 @@ class ViewerGui:
             async def _(camera: viser.CameraHandle) -> None:
                 view, cid = _view(camera), camera.client.client_id
                 before = state.view(cid)
-                moved = before is not None and not np.allclose(before.pose, view.pose, atol=1e-7)
+                moved = before is not None and not np.allclose(before.pose, view.pose, atol=1e-5)  # (float32 echoes)
                 if moved and player.follow and not player.playing:
                     # the browser's own camera moved: it takes over from the frame's
                     self.follow.value = False

@@ -133,7 +133,8 @@ def open_viewer(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 
     player = Player(state, played, fov_y)
     gui = ViewerGui(server, state, player, names=avatar.coeff_names, lo=avatar.coeff_min.cpu().numpy(),
                     hi=avatar.coeff_max.cpu().numpy(), start=start, stats=lambda: loop.stats(),
-                    snapshot_dir=avatar.workspace / "view", snapshot_stem=Path(avatar.checkpoint).stem)
+                    snapshot_dir=avatar.workspace / "view", snapshot_stem=Path(avatar.checkpoint).stem,
+                    title=f"**{s.name}** · `{Path(avatar.checkpoint).name}` · step {avatar.step} · {avatar.device.type}")
     player.on_frame = gui.show_frame
     loop = RenderLoop(state, renderer, gui.send, snapshot=gui.save_snapshot, error=gui.report_error).start()
     player.show(0)
