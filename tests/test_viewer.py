@@ -117,7 +117,6 @@ def test_a_browser_sees_the_avatar_and_moves_the_jaw_and_the_camera(viewer, jaw_
 
         moved_by = centre_x(after) - centre_x(opened)
         assert -1.4 * expected < moved_by < -0.6 * expected, (moved_by, expected)
-        assert viewer.player.follow is False  # the browser's camera took over from the frame's
 
 
 def test_the_panel_controls(viewer, jaw_avatar):
@@ -152,6 +151,9 @@ def test_the_panel_controls(viewer, jaw_avatar):
         while time.monotonic() < deadline and viewer.player.index != 1:
             time.sleep(0.05)
         np.testing.assert_allclose(viewer.state.coefficients(), seq.coeffs[1], atol=1e-6)
+        time.sleep(0.5)  # followed: the browser's camera is moved to the frame's
+        moves = [m for m in client.messages if m["type"] == "SetCameraPositionMessage"]
+        assert moves and np.allclose(moves[-1]["position"], seq.poses[1][:3, 3], atol=1e-6)
         client.set_gui("Neutral", True)
         time.sleep(0.5)
         np.testing.assert_allclose(viewer.state.coefficients(), viewer.state.neutral())

@@ -48,7 +48,7 @@ def test_the_start_camera_is_the_dataset_camera():
     pose = np.eye(4)
     pose[:3, :3] = _random_rotation(3)
     pose[:3, 3] = -0.3 * pose[:3, 2] + 0.01 * pose[:3, 0]  # looks (almost) at the origin from 0.3 away
-    start = vcam.start_camera(pose, vcam.intrinsics_for(0.5, 1.0, 64), np.array([0.0, 1.0, 0.0]))
+    start = vcam.start_camera(pose, 0.5, np.array([0.0, 1.0, 0.0]))
     np.testing.assert_allclose(start.position, pose[:3, 3])
     forward = (start.look_at - start.position) / np.linalg.norm(start.look_at - start.position)
     np.testing.assert_allclose(forward, pose[:3, 2], atol=1e-12)
@@ -181,27 +181,37 @@ def test_the_moving_resolution_follows_the_measured_throughput():
 
 
 # ---------------------------------------------------------------------------------------------------- player
-def test_the_player_shows_frames_with_their_cameras_in_time():
+def test_the_player_plays_frames_with_their_cameras_in_time():
     state = _state()
     state.set_view(1, _view(0.5), moving=False)
     poses = np.stack([np.eye(4)] * 4)
     poses[:, 2, 3] = [-0.1, -0.2, -0.3, -0.4]
     seq = Sequence("held-out", poses, np.linspace(0, 1, 12, dtype=np.float32).reshape(4, 3), [f"frame {i}" for i in range(4)])
     shown = []
-    player = Player(state, {"held-out": seq}, 0.6, on_frame=lambda name, i: shown.append(i), fps=20.0)
-    player.show(2)
+    player = Player(state, {"held-out": seq}, 0.6, on_frame=lambda name, i: shown.append((i, player.playing)), fps=20.0)
+    player.show(2)  # paused: the frame's expression from the browser's own camera
     r = state.next_request(timeout=1.0)
-    np.testing.assert_allclose(r.view.pose, poses[2])
+    np.testing.assert_allclose(r.view.pose, _view(0.5).pose)
     np.testing.assert_allclose(r.coeffs, np.clip(seq.coeffs[2], 0, [1.0, 0.5, 1.0]))
     state.served(r)
-    player.set_follow(False)
-    r = state.next_request(timeout=1.0)
-    np.testing.assert_allclose(r.view.pose, _view(0.5).pose)  # the browser's own camera again
     player.play()
     time.sleep(0.5)
+    playing_requests = state.next_request(timeout=1.0)
     player.pause()
     player.stop()
-    assert 4 <= len(shown) - 1 <= 14 and shown[1:4] == [3, 0, 1]  # about 20 a second, looping
+    frames = [i for i, playing in shown if playing]
+    assert 4 <= len(frames) <= 14 and frames[:3] == [3, 0, 1]  # about 20 a second, looping
+    assert shown[-1] == (frames[-1], False)  # paused: the last frame shown again, from the browsers' cameras
+    assert any(np.allclose(playing_requests.view.pose, p) for p in poses)  # played from the frames' own cameras
+    assert playing_requests.view.fov_y == 0.6
+    r = state.next_request(timeout=1.0)
+    np.testing.assert_allclose(r.view.pose, _view(0.5).pose)
+    player.set_follow(False)
+    player.play()
+    time.sleep(0.2)
+    r = state.next_request(timeout=1.0)
+    player.stop()
+    np.testing.assert_allclose(r.view.pose, _view(0.5).pose)  # not followed: the browser's camera throughout
 
 
 # -------------------------------------------------------------------------------------------------- backdrop

@@ -99,12 +99,13 @@ class StartCamera:
     scene_up: np.ndarray
 
 
-def start_camera(pose: np.ndarray, camera: Intrinsics, scene_up: np.ndarray) -> StartCamera:
-    """The browser camera equal to a dataset camera (``pose`` [4, 4], ``camera``): it looks along the pose's
-    z axis with the pose's up (-y), orbiting the point of its optical axis nearest the head (the origin);
-    ``scene_up`` [3] (the subject's cameras' mean up, ``export.views.rig_from_poses``) orients the scene."""
+def start_camera(pose: np.ndarray, fov_y: float, scene_up: np.ndarray) -> StartCamera:
+    """The browser camera equal to a dataset camera (``pose`` [4, 4], vertical field of view ``fov_y``): it
+    looks along the pose's z axis with the pose's up (-y), orbiting the point of its optical axis nearest the
+    head (the origin); ``scene_up`` [3] (the subject's cameras' mean up, ``export.views.rig_from_poses``)
+    orients the scene."""
     pose = np.asarray(pose, dtype=np.float64)
     position, forward = pose[:3, 3], pose[:3, 2]
     depth = max(float(-position @ forward), 1e-3 * float(np.linalg.norm(position)) + 1e-9)
     return StartCamera(position=position.copy(), look_at=position + depth * forward, up=-pose[:3, 1].copy(),
-                       fov_y=fov_y_of(camera), scene_up=np.asarray(scene_up, dtype=np.float64))
+                       fov_y=float(fov_y), scene_up=np.asarray(scene_up, dtype=np.float64))

@@ -1,7 +1,8 @@
 """Images of an avatar from a camera and a coefficient vector, and the sequences the viewer plays.
 
 ``FrameRenderer`` knows a pose, intrinsics, coefficients and a background kind, nothing of the web; it
-renders through ``render.image.render_image``, the renderer of validation, evaluation and ``nerfbs render``.
+renders through ``render.image.render_image``, the renderer of validation, evaluation and ``nerfbs render``
+(one image per call; a batch-1 fast path would help the viewer most, see the render-speed work).
 ``sequences`` builds the held-out, training and driven sequences with ``export.job.plan_render`` (the
 semantics of ``nerfbs render --frames / --drive``).
 """
@@ -59,6 +60,14 @@ class FrameRenderer:
                 self._backgrounds.pop(next(iter(self._backgrounds)))
             self._backgrounds[key] = image
         return self._backgrounds[key]
+
+    def warm_up(self, pose: np.ndarray, coeffs: np.ndarray) -> None:
+        """Render small frames of every background kind from ``pose`` [4, 4] with ``coeffs`` [K], on the calling
+        thread, which must be the main thread: Taichi compiles kernels on its main thread only (it asserts
+        so), and the render thread must find them compiled."""
+        camera = self.avatar.subject.intrinsics
+        for kind, side in (("dataset", 24), ("white", 32), ("transparent", 40)):
+            self(pose, camera.resized(side, side), coeffs, kind)
 
     def __call__(self, pose: np.ndarray, camera: Intrinsics, coeffs: np.ndarray, background: str) -> np.ndarray:
         """One image: ``pose`` [4, 4] renderer camera-to-world, ``coeffs`` [K] (already in the training range).

@@ -16,14 +16,13 @@ import numpy as np
 import viser
 
 from nerfbs.images import write_png
-from nerfbs.viewer.camera import StartCamera, View, pose_from_camera
-from nerfbs.viewer.loop import FrameStats
+from nerfbs.viewer.camera import StartCamera, View, pose_from_camera, start_camera
+from nerfbs.viewer.loop import JPEG_QUALITY, FrameStats
 from nerfbs.viewer.player import Player
 from nerfbs.viewer.regions import group_coefficients
 from nerfbs.viewer.state import BACKGROUNDS, Request, ViewerState
 
 SIDES = (128, 192, 256, 384, 512, 768, 1024)  # choices of the longest image side, pixels
-JPEG_QUALITY = 90
 READOUT_SECONDS = 0.5  # the frame-rate read-out is refreshed at most this often
 
 
@@ -117,13 +116,17 @@ class ViewerGui:
                                     auto_close_seconds=10.0)
 
     def show_frame(self, name: str, index: int) -> None:
-        """The player showed frame ``index`` of ``name``: move the frame slider and its label (and, when not
-        playing, the expression sliders) there."""
+        """The player showed frame ``index`` of ``name``: move the frame slider and its label there and, when
+        not playing, the expression sliders, and the browsers' cameras to the frame's when followed."""
         seq = self.player.sequences[name]
         self.frame.value = index
         self.frame_label.value = seq.labels[index]
         if not self.player.playing:
             self.sync_sliders()
+            if self.player.follow:
+                target = start_camera(seq.poses[index], self.start.fov_y, self.start.scene_up)
+                for client in self.server.get_clients().values():
+                    self._move_camera(client, target)
 
     def sync_sliders(self) -> None:
         """Set every expression slider to the state's coefficient."""
@@ -139,11 +142,18 @@ class ViewerGui:
         cam.position, cam.look_at, cam.up, cam.fov = tuple(s.position), tuple(s.look_at), tuple(s.up), s.fov_y
         scene.world_axes.visible = False
 
+    @staticmethod
+    def _move_camera(client: viser.ClientHandle, target: StartCamera) -> None:
+        with client.atomic():
+            client.camera.fov = target.fov_y
+            client.camera.position = tuple(target.position)
+            client.camera.look_at = tuple(target.look_at)
+            client.camera.up_direction = tuple(target.up)
+
     def _pause(self) -> None:
         if self.player.playing:
-            self.player.pause()
+            self.player.pause()  # shows the frame again: sliders (and cameras) follow in show_frame
             self.play.label, self.play.icon = "Play", viser.Icon.PLAYER_PLAY
-            self.sync_sliders()
 
     def _bind(self) -> None:
         state, player = self.state, self.player
@@ -152,14 +162,7 @@ class ViewerGui:
         async def _(client: viser.ClientHandle) -> None:
             @client.camera.on_update
             async def _(camera: viser.CameraHandle) -> None:
-                view, cid = _view(camera), camera.client.client_id
-                before = state.view(cid)
-                moved = before is not None and not np.allclose(before.pose, view.pose, atol=1e-5)  # (float32 echoes)
-                if moved and player.follow and not player.playing:
-                    # the browser's own camera moved: it takes over from the frame's
-                    self.follow.value = False
-                    player.set_follow(False)
-                state.set_view(cid, view)
+                state.set_view(camera.client.client_id, _view(camera))
 
             state.set_view(client.client_id, _view(client.camera), moving=False)
 
@@ -177,14 +180,8 @@ class ViewerGui:
 
         @self.reset_camera.on_click
         async def _(event) -> None:
-            if event.client is None:
-                return
-            s = self.start
-            with event.client.atomic():
-                event.client.camera.fov = s.fov_y
-                event.client.camera.position = tuple(s.position)
-                event.client.camera.look_at = tuple(s.look_at)
-                event.client.camera.up_direction = tuple(s.up)
+            if event.client is not None:
+                self._move_camera(event.client, self.start)
 
         @self.snapshot.on_click
         async def _(event) -> None:
@@ -203,8 +200,9 @@ class ViewerGui:
         async def _(event) -> None:
             if event.client is None:
                 return
+            index = int(event.target.value)
             self._pause()
-            player.show(int(event.target.value))
+            player.show(index)
 
         @self.play.on_click
         async def _(event) -> None:
@@ -233,8 +231,10 @@ class ViewerGui:
             async def handler(event) -> None:
                 if event.client is None:
                     return
-                self._pause()
-                state.set_coefficient(index, float(event.target.value))
+                value = float(event.target.value)
+                self._pause()  # (resets the sliders to the paused frame's expression)
+                state.set_coefficient(index, value)
+                self.sliders[index].value = value
             return handler
 
         for index, slider in self.sliders.items():

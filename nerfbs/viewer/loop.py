@@ -5,6 +5,9 @@ throughput (pixels per second) so that they keep up with about ``MOVING_FPS`` fr
 camera rests, the same view is rendered again at the full resolution. Rendering happens here only, never on
 the web server's threads, and one frame at a time: whatever changed during a render is picked up, as one
 newest state, by the next.
+
+Taichi compiles kernels on its main thread only (it asserts so): whoever starts the loop renders a frame of
+each kind on the main thread first (``frames.FrameRenderer.warm_up``).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 MOVING_FPS = 12.0  # frames per second aimed at while a camera moves
 MOVING_MIN_SIDE = 48  # pixels: the coarsest moving frame
 FPS_WINDOW = 2.0  # seconds over which the frame rate is counted
+JPEG_QUALITY = 90  # of the frames sent to browsers (PNG when transparent)
 
 RenderFn = Callable[[np.ndarray, Intrinsics, np.ndarray, str], np.ndarray]
 
@@ -119,10 +123,10 @@ class RenderLoop:
         seconds = time.perf_counter() - start
         rate = camera.height * camera.width / max(seconds, 1e-6)
         self._pixels_per_second = rate if self._pixels_per_second is None else 0.7 * self._pixels_per_second + 0.3 * rate
-        self._send(request, image)
-        with self._lock:
+        with self._lock:  # before sending: the read-out shown with this frame counts it
             self._sent.append(time.monotonic())
             self._frames += 1
             self._last = (seconds, (camera.height, camera.width))
+        self._send(request, image)
         if request.snapshot and self._snapshot is not None:
             self._snapshot(request, image)

@@ -1,4 +1,8 @@
-"""Playing a sequence in the viewer: its frames' coefficients, and their cameras when followed, in time."""
+"""Playing a sequence in the viewer: its frames' coefficients, and their cameras when followed, in time.
+
+While playing with ``follow``, every browser sees each frame from the frame's own camera (the state's
+override); paused, the browsers' own cameras rule again (the panel moves them to the frame's camera when
+followed, so the user orbits on from there)."""
 from __future__ import annotations
 
 import threading
@@ -14,7 +18,7 @@ DEFAULT_FPS = 25.0
 class Player:
     """Shows frames of one of ``sequences`` through ``state``; ``play`` advances them ``fps`` times a second
     on a thread of its own (looping), ``pause`` stops there. ``fov_y`` is the field of view (radians) of the
-    frames' cameras; ``follow`` shows each frame from its own camera (else each browser keeps its own).
+    frames' cameras; ``follow`` plays each frame from its own camera (else each browser keeps its own).
     ``on_frame(name, index)`` hears of every frame shown."""
 
     def __init__(self, state: ViewerState, sequences: dict[str, Sequence], fov_y: float, *,
@@ -53,7 +57,7 @@ class Player:
         with self._lock:
             seq = self.sequence
             self.index = index % len(seq)
-            pose = seq.poses[self.index] if self.follow else None
+            pose = seq.poses[self.index] if self.follow and self.playing else None
             version = self.state.set_frame(seq.coeffs[self.index], pose, self.fov_y)
             name, shown = self.name, self.index
         if self.on_frame is not None:
@@ -61,29 +65,33 @@ class Player:
         return version
 
     def set_follow(self, follow: bool) -> None:
-        """Show frames from their own cameras (True) or from each browser's (False); the current frame is
-        shown again either way."""
+        """Play frames from their own cameras (True) or from each browser's (False); the current frame is
+        shown again."""
         with self._lock:
             self.follow = follow
-            if follow:
-                self.show(self.index)
-            else:
-                self.state.set_override(None)
+            self.show(self.index)
 
     def play(self) -> None:
+        """Advance ``fps`` frames a second from the current one, looping, until ``pause``."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="nerfbs-viewer-player", daemon=True)
             self._thread.start()
         self._playing.set()
 
     def pause(self) -> None:
-        self._playing.clear()
+        """Stop at the current frame, shown again from the browsers' own cameras."""
+        with self._lock:
+            if self._playing.is_set():
+                self._playing.clear()
+                self.show(self.index)
 
     def stop(self) -> None:
+        """End the playing thread for good."""
         self._stop.set()
         self._playing.set()  # wake the thread so that it sees the stop
         if self._thread is not None:
             self._thread.join(5.0)
+        self._playing.clear()
 
     def _run(self) -> None:
         next_time = time.monotonic()
@@ -98,5 +106,6 @@ class Player:
                 self._stop.wait(delay)
             else:
                 next_time = time.monotonic()  # behind: do not try to catch up
-            if self._playing.is_set() and not self._stop.is_set():
-                self.show(self.index + 1)
+            with self._lock:  # (a pause between the check and the frame would show a played frame last)
+                if self._playing.is_set() and not self._stop.is_set():
+                    self.show(self.index + 1)

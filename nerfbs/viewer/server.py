@@ -17,7 +17,7 @@ from typing import Any, Iterator, Optional
 from nerfbs.errors import UserError
 from nerfbs.export import views
 from nerfbs.export.avatar import Avatar, load_avatar
-from nerfbs.viewer.camera import fov_y_of, intrinsics_for, start_camera
+from nerfbs.viewer.camera import fov_y_of, start_camera
 from nerfbs.viewer.frames import FrameRenderer, sequences
 from nerfbs.viewer.loop import RenderLoop
 from nerfbs.viewer.player import Player
@@ -120,8 +120,8 @@ def open_viewer(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 
     state = ViewerState(avatar.coeff_min.cpu().numpy(), avatar.coeff_max.cpu().numpy(), first.coeffs[0], side=side)
     renderer = FrameRenderer(avatar)
     fov_y = fov_y_of(s.intrinsics)
-    renderer(first.poses[0], intrinsics_for(fov_y, 1.0, 32), first.coeffs[0], "dataset")  # compile the kernels now
-    start = start_camera(first.poses[0], s.intrinsics, views.rig_from_poses(s.poses).up.numpy())
+    renderer.warm_up(first.poses[0], first.coeffs[0])  # Taichi compiles on the main thread only
+    start = start_camera(first.poses[0], fov_y, views.rig_from_poses(s.poses).up.numpy())
 
     with _quiet():
         server = viser.ViserServer(host=host, port=port, label="nerfbs view", verbose=False)
