@@ -42,6 +42,7 @@ def encode_jpeg(image: np.ndarray) -> bytes:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile of ``values``."""
     return float(np.percentile(np.asarray(values), q))
 
 

@@ -173,6 +173,26 @@ def test_the_panel_controls(viewer, jaw_avatar):
         client.settle()
 
 
+def test_a_driving_sequence_plays_as_render_drive(viewer, tmp_path):
+    from nerfbs.viewer.frames import sequences
+
+    avatar = viewer.avatar
+    k = avatar.num_coeffs
+    driver = tmp_path / "driver" / "transforms.json"
+    driver.parent.mkdir()
+    coeffs = [[0.0] * k, [5.0] * k, [-5.0] * k]  # out of every range: clamped
+    driver.write_text(json.dumps({"frames": [{"img_id": i, "exp_ori": c} for i, c in enumerate(coeffs)],
+                                  "exp_names": avatar.coeff_names}))
+    played = sequences(avatar, drive=driver)
+    assert list(played) == ["held-out", "training", "driven"]
+    driven = played["driven"]
+    assert len(driven) == 3 and driven.labels == ["driver frame 0", "driver frame 1", "driver frame 2"]
+    lo, hi = avatar.coeff_min.cpu().numpy(), avatar.coeff_max.cpu().numpy()
+    assert (driven.coeffs >= lo - 1e-6).all() and (driven.coeffs <= hi + 1e-6).all()
+    held_out = [int(i) for i in avatar.subject.test_indices]
+    np.testing.assert_allclose(driven.poses[0], avatar.subject.poses[held_out[0]].double().cpu().numpy(), atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------- the command
 def test_bad_view_inputs_are_one_line_errors(tiny_run, tmp_path, monkeypatch):
     assert "no such checkpoint" in one_line_error(invoke("view", tmp_path / "nope.pth", "--port", 0))

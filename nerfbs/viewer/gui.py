@@ -110,6 +110,7 @@ class ViewerGui:
         return path
 
     def report_error(self, request: Request, error: BaseException) -> None:
+        """Tell the browser whose frame failed to render why (the render loop goes on)."""
         client = self.server.get_clients().get(request.client)
         if client is not None:
             client.add_notification("Rendering failed", f"{type(error).__name__}: {error}", color="red",

@@ -68,6 +68,7 @@ class RenderLoop:
         self._thread = threading.Thread(target=self._run, name="nerfbs-viewer-render", daemon=True)
 
     def start(self) -> "RenderLoop":
+        """Start the render thread; returns self."""
         self._thread.start()
         return self
 
@@ -94,6 +95,7 @@ class RenderLoop:
         return int(min(side, max(min(side, MOVING_MIN_SIDE), MIN_SIDE, round(side * scale))))
 
     def stats(self) -> FrameStats:
+        """The read-out now (frames per second over the last ``FPS_WINDOW`` seconds)."""
         with self._lock:
             now = time.monotonic()
             while self._sent and self._sent[0] < now - FPS_WINDOW:

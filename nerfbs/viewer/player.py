@@ -38,10 +38,12 @@ class Player:
 
     @property
     def sequence(self) -> Sequence:
+        """The sequence being shown."""
         return self.sequences[self.name]
 
     @property
     def playing(self) -> bool:
+        """Whether frames advance by themselves."""
         return self._playing.is_set()
 
     def select(self, name: str) -> None:

@@ -70,6 +70,7 @@ class ViewerState:
     # ------------------------------------------------------------------------------------------ the writers
     @property
     def num_coeffs(self) -> int:
+        """K, the number of expression coefficients."""
         return int(self._lo.shape[0])
 
     @property
@@ -117,11 +118,13 @@ class ViewerState:
         return self._clamped(np.zeros(self.num_coeffs, dtype=np.float32))[0]
 
     def set_background(self, kind: str) -> int:
+        """Composite over ``kind`` (one of ``BACKGROUNDS``); returns the new shared version."""
         with self._cond:
             return self._bump(background=self._check_background(kind))
 
     @property
     def background(self) -> str:
+        """The background kind now."""
         with self._cond:
             return self._background
 
@@ -132,6 +135,7 @@ class ViewerState:
 
     @property
     def side(self) -> int:
+        """The longest image side (pixels) at rest now."""
         with self._cond:
             return self._side
 
@@ -156,6 +160,7 @@ class ViewerState:
             return self._views.get(client)
 
     def remove_client(self, client: int) -> None:
+        """Forget browser ``client`` (it disconnected)."""
         with self._cond:
             for table in (self._views, self._view_versions, self._moved_at, self._served, self._served_at):
                 table.pop(client, None)
@@ -163,6 +168,7 @@ class ViewerState:
             self._cond.notify_all()
 
     def clients(self) -> list[int]:
+        """The browsers with a recorded view."""
         with self._cond:
             return list(self._views)
 
