@@ -194,8 +194,8 @@ class ViewerGui:
             if event.client is None:
                 return
             self._pause()
+            self.frame.max = max(len(player.sequences[event.target.value]) - 1, 1)
             player.select(event.target.value)
-            self.frame.max = max(len(player.sequence) - 1, 1)
 
         @self.frame.on_update
         async def _(event) -> None:
