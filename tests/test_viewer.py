@@ -27,6 +27,7 @@ pytest.importorskip("viser")
 from nerfbs.data.camera import project  # noqa: E402
 from nerfbs.export.job import to_pixels  # noqa: E402
 from nerfbs.render.image import render_image, render_subject_frame  # noqa: E402
+from nerfbs.viewer.loop import MOVING_FPS  # noqa: E402
 from nerfbs.viewer.server import open_viewer  # noqa: E402
 from nerfbs.viewer.state import REST_SECONDS  # noqa: E402
 from tiny import invoke, localised_jaw_checkpoint, one_line_error  # noqa: E402
@@ -49,6 +50,17 @@ def viewer(jaw_avatar):
         yield running
 
 
+def _shown(viewer, client: ViserTestClient, sent_before: int, changed=lambda: True, timeout: float = 60.0) -> np.ndarray:
+    """The last image once the viewer has taken a change (``changed()``), shown it at full resolution, and the
+    client has received every frame sent since ``sent_before`` (the loop's frame count when it connected)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if changed() and viewer.state.idle() and len(client.images) == viewer.loop.stats().frames - sent_before:
+            return client.images[-1]
+        time.sleep(0.02)
+    raise TimeoutError(f"the viewer did not settle ({len(client.images)} images, {viewer.loop.stats()})")
+
+
 def _start(client: ViserTestClient, viewer, size: int = SIDE) -> np.ndarray:
     start = viewer.gui.start
     pose = viewer.player.sequence.poses[0]
@@ -60,9 +72,10 @@ def test_a_browser_sees_the_avatar_and_moves_the_jaw_and_the_camera(viewer, jaw_
     ckpt, mouth, reach = jaw_avatar
     avatar, s = viewer.avatar, viewer.avatar.subject
     frame = int(s.test_indices[0])
+    sent_before = viewer.loop.stats().frames
     with ViserTestClient(viewer.url) as client:
         pose = _start(client, viewer)
-        first = client.settle()
+        first = _shown(viewer, client, sent_before, lambda: bool(viewer.state.clients()))
 
         # the start: the first held-out frame from its own camera, as `nerfbs render` draws it
         truth = render_subject_frame(avatar.field, avatar.grid, avatar.config.render, s, frame)
@@ -72,9 +85,8 @@ def test_a_browser_sees_the_avatar_and_moves_the_jaw_and_the_camera(viewer, jaw_
         np.testing.assert_allclose(pose, s.poses[frame].double().cpu().numpy(), atol=1e-6)
 
         # transparent background: lossless PNG frames with the opacity as alpha, the same pixels exactly
-        count = len(client.images)
         client.set_gui("Background", "transparent")
-        clear = client.wait_image(count)
+        clear = _shown(viewer, client, sent_before, lambda: viewer.state.background == "transparent")
         alone = render_image(avatar.field, avatar.grid, avatar.config.render, s.poses[frame], s.intrinsics,
                              s.coeffs[frame], torch.zeros(SIDE, SIDE, 3))
         expected = to_pixels(alone.rgb[0], alone.opacity[0], True).cpu().numpy().astype(int)
@@ -82,12 +94,10 @@ def test_a_browser_sees_the_avatar_and_moves_the_jaw_and_the_camera(viewer, jaw_
 
         lo, hi = float(avatar.coeff_min[0]), float(avatar.coeff_max[0])
         client.set_gui("jawOpen", lo)
-        client.settle()
-        closed = client.images[-1].astype(int)
-        count = len(client.images)
+        closed = _shown(viewer, client, sent_before, lambda: abs(viewer.state.coefficients()[0] - lo) < 1e-4)
         client.set_gui("jawOpen", hi)
-        opened = client.wait_image(count).astype(int)
-        assert viewer.state.coefficients()[0] == pytest.approx(hi, abs=1e-3)
+        opened = _shown(viewer, client, sent_before, lambda: abs(viewer.state.coefficients()[0] - hi) < 1e-4)
+        closed, opened = closed.astype(int), opened.astype(int)
 
         # the jaw changes the mouth and nothing else (the region the edit reaches, seen from this camera)
         changed = np.abs(opened - closed).max(-1) > 2
@@ -104,10 +114,13 @@ def test_a_browser_sees_the_avatar_and_moves_the_jaw_and_the_camera(viewer, jaw_
         moved = pose.copy()
         moved[:3, 3] += shift * pose[:3, 0]
         count = len(client.images)
-        viewer.state.rest_seconds = 1.5  # (a busy CPU must not take the first frame for one at rest)
+        # (a busy CPU must not take the first frame for one at rest, and a 64x64 frame renders fast enough to
+        # be drawn at full size while moving: ask for 1000 frames/s while moving, which no side gives)
+        viewer.state.rest_seconds, viewer.loop.moving_fps = 1.5, 1000.0
         client.camera(moved, viewer.gui.start.fov_y, SIDE, SIDE, viewer.gui.start.look_at + shift * pose[:3, 0])
-        after = client.wait_image(count, shape=(SIDE, SIDE))  # the full-resolution frame once the camera rests
-        viewer.state.rest_seconds = REST_SECONDS
+        after = _shown(viewer, client, sent_before,  # the full-resolution frame once the camera rests
+                       lambda: np.allclose(viewer.state.view(viewer.state.clients()[0]).pose, moved, atol=1e-6))
+        viewer.state.rest_seconds, viewer.loop.moving_fps = REST_SECONDS, MOVING_FPS
         assert client.images[count].shape[0] < SIDE, "no quick low-resolution frame while moving"
         expected = s.fx * shift / float(-pose[:3, 3] @ pose[:3, 2])
 
@@ -121,12 +134,12 @@ def test_a_browser_sees_the_avatar_and_moves_the_jaw_and_the_camera(viewer, jaw_
 
 def test_the_panel_controls(viewer, jaw_avatar):
     ckpt = jaw_avatar[0]
+    sent_before = viewer.loop.stats().frames
     with ViserTestClient(viewer.url) as client:
         _start(client, viewer, size=96)
-        client.settle()
-        count = len(client.images)
+        _shown(viewer, client, sent_before, lambda: bool(viewer.state.clients()))
         client.set_gui("Resolution", "128")
-        big = client.wait_image(count, shape=(128, 128))
+        big = _shown(viewer, client, sent_before, lambda: viewer.state.side == 128)
         assert big.shape[:2] == (128, 128)
 
         # snapshot: a PNG of this view at full resolution, and a notification naming it
@@ -170,7 +183,7 @@ def test_the_panel_controls(viewer, jaw_avatar):
         moves = [m for m in client.messages if m["type"] == "GuiUpdateMessage" and m["uuid"] == frame_uuid]
         assert len(moves) >= 3  # the frame slider followed the playback
         client.set_gui("Resolution", str(SIDE))
-        client.settle()
+        _shown(viewer, client, sent_before, lambda: viewer.state.side == SIDE)
 
 
 def test_a_driving_sequence_plays_as_render_drive(viewer, tmp_path):

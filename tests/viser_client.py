@@ -4,7 +4,6 @@ background images the viewer sends."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Optional
 
 import cv2
@@ -69,31 +68,6 @@ class ViserTestClient:
     def set_gui(self, label: str, value: Any) -> None:
         """Set an input (or, with True, press a button) as a user would."""
         self.send(_messages.GuiUpdateMessage(self.gui_uuid(label), {"value": value}))
-
-    # --------------------------------------------------------------------------------------------- receive
-    def wait_image(self, after: int, timeout: float = 60.0, shape: Optional[tuple[int, int]] = None) -> np.ndarray:
-        """The first image received after the first ``after`` ones (of height, width ``shape`` when given)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for image in self.images[after:]:
-                    if shape is None or image.shape[:2] == tuple(shape):
-                        return image
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no image after the first {after} (shapes seen: "
-                                       f"{[im.shape for im in self.images]})")
-                self._cond.wait(left)
-
-    def settle(self, quiet: float = 1.0, timeout: float = 60.0) -> np.ndarray:
-        """The last image once none came for ``quiet`` seconds."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            count = len(self.images)
-            time.sleep(quiet)
-            if len(self.images) == count and count:
-                return self.images[-1]
-        raise TimeoutError("the viewer kept sending images")
 
     def _read(self) -> None:
         zstd = zstandard.ZstdDecompressor()

@@ -180,6 +180,13 @@ class ViewerState:
             self._snapshots.add(client)
             self._cond.notify_all()
 
+    def idle(self) -> bool:
+        """Whether every browser has been shown its newest state at full resolution (no snapshot pending)."""
+        with self._cond:
+            if self._snapshots:
+                return False
+            return all(self._served.get(c) == ((self._version, self._view_versions[c]), True) for c in self._views)
+
     def close(self) -> None:
         """Wake the render thread for good: ``next_request`` returns None from now on."""
         with self._cond:
