@@ -161,6 +161,37 @@ def render(
                f"{stats.fps:.1f} frames/s ({stats.seconds:.2f} s rendering, PNG writing excluded)")
 
 
+@app.command()
+@_one_line_errors
+def view(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint written by `nerfbs train` (e.g. runs/x/checkpoints/latest.pth)."),
+    port: int = typer.Option(8080, help="Port to serve on (0: any free port)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every network interface)."),
+    resolution: int = typer.Option(0, help="Longest image side in pixels when the camera rests [0: 512 on a GPU, "
+                                   "128 on a CPU]; the panel changes it too."),
+    drive: Optional[Path] = typer.Option(None, help="Also offer another sequence's transforms.json to play, as "
+                                         "`nerfbs render --drive`."),
+    drive_relative: bool = typer.Option(False, help="With --drive: this avatar's first training frame plus the "
+                                        "driver's change since its first frame."),
+    subject: Optional[Path] = typer.Option(None, help="The avatar's subject folder, if it moved since training."),
+) -> None:
+    """Live web viewer: orbit the avatar, move a slider per expression coefficient, play its sequences (viser)."""
+    from nerfbs.viewer.server import open_viewer
+
+    _check_range("--port", port, 0, 65535)
+    _check_range("--resolution", resolution, 0, 4096)
+    viewer = open_viewer(checkpoint, host=host, port=port, side=resolution, drive=drive,
+                         drive_relative=drive_relative, subject=subject)
+    typer.echo(f"nerfbs view: {viewer.url}  (step {viewer.avatar.step}, {viewer.avatar.device.type}; Ctrl-C stops)")
+    try:
+        viewer.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        viewer.stop()
+    typer.echo("viewer stopped")
+
+
 @app.command("export-video")
 @_one_line_errors
 def export_video(

@@ -20,10 +20,9 @@ import torch
 
 from nerfbs.export import expressions as reenact
 from nerfbs.export import views
-from nerfbs.data.camera import pixel_rays, project
-from nerfbs.data.subject import MOUTH_POINTS
+from nerfbs.data.camera import project
 from nerfbs.errors import UserError
-from tiny import invoke, read_rgb
+from tiny import invoke, localised_jaw_checkpoint, read_rgb
 
 NAMES = ["jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "browInnerUp"]
 
@@ -155,71 +154,11 @@ def test_orbit_turns_all_the_way_round():
 
 
 # --------------------------------------------------------------------------------- the jaw edit on the avatar
-def _mouth_point(subject) -> torch.Tensor:
-    """The mouth's 3D position [3]: least squares meeting point of the rays through every frame's mouth centre."""
-    centre = subject.landmarks[:, list(MOUTH_POINTS)].mean(1).double()  # [N, 2]
-    n = centre.shape[0]
-    o, d = pixel_rays(subject.poses.cpu().double(), subject.fx, subject.fy, subject.cx, subject.cy,
-                      centre[:, 0], centre[:, 1], torch.arange(n))
-    a = torch.eye(3, dtype=torch.float64) - d[:, :, None] * d[:, None, :]  # [N, 3, 3] projectors off each ray
-    lhs = a.sum(0) + 1e-3 * n * torch.eye(3, dtype=torch.float64)  # a little pull towards the origin (the head)
-    return torch.linalg.solve(lhs, (a @ o[:, :, None]).sum(0)).squeeze(1)
-
-
-def _localised_jaw_checkpoint(run, out_path, radius=0.003):
-    """A copy of the run's checkpoint whose jaw table (basis 1) is zero except near the mouth; returns the
-    mouth point [3] and the radius [world units] of the region whose field the jaw coefficient now changes."""
-    from nerfbs.export.avatar import load_avatar
-    from taichi_kernels.hash_grid import blended_hash_encode
-
-    avatar = load_avatar(run.checkpoint)
-    field, grid_cfg, bound = avatar.field, avatar.field.config.grid, avatar.config.render.bound
-    level = max(i for i, dense in enumerate(grid_cfg.level_dense) if dense)
-    first, last = grid_cfg.level_offsets[level], grid_cfg.level_offsets[level + 1]
-    mouth = _mouth_point(avatar.subject).float()
-    gen = torch.Generator().manual_seed(0)
-    ball = torch.randn(400, 3, generator=gen)
-    ball = ball / ball.norm(dim=-1, keepdim=True) * radius * torch.rand(400, 1, generator=gen) ** (1 / 3)
-    unit = (mouth + ball + bound) / (2 * bound)
-    tables = field.encoder.tables.detach().clone().requires_grad_(True)
-    k = tables.shape[0]
-    features = blended_hash_encode(unit, torch.zeros(400, dtype=torch.int32), torch.ones(1, k), tables, grid_cfg)
-    (grad,) = torch.autograd.grad(features.sum(), tables)
-    touched = torch.nonzero(grad[1].abs().sum(-1) > 0).squeeze(1)
-    touched = touched[(touched >= first) & (touched < last)]
-    assert touched.numel() > 0
-
-    # the feature direction (at the chosen level) that raises the density most; the MLP has no biases, so
-    # the density's pre-activation grows linearly with the vector's length
-    c = grid_cfg.features_per_level
-    directions = torch.randn(64, c, generator=gen)
-    directions = directions / directions.norm(dim=-1, keepdim=True)
-    probe = torch.zeros(64, grid_cfg.output_dim)
-    probe[:, level * c:(level + 1) * c] = directions
-    with torch.no_grad():
-        rise = field.density_net(probe)[:, 0]
-    best = int(rise.argmax())
-    assert float(rise[best]) > 0
-    span = float(avatar.coeff_max[0] - avatar.coeff_min[0])
-    assert span > 0.05, "the synthetic subject's jaw barely moves"
-    vector = directions[best] * (300.0 / float(rise[best]) / span)  # density ~ +300 when the jaw opens fully
-
-    state = {key: value.clone() for key, value in field.state_dict().items()}
-    state["encoder.tables"][1] = 0.0
-    state["encoder.tables"][1, touched] = vector
-    payload = torch.load(run.checkpoint, weights_only=True)
-    payload["model"] = state
-    payload["occupancy"]["bitfield"].fill_(255)  # march everywhere: the edit may add density in empty cells
-    torch.save(payload, out_path)
-    cell = 2 * bound / grid_cfg.level_scales[level]
-    return mouth, radius + 2 * math.sqrt(3) * cell, avatar
-
-
 def test_moving_the_jaw_coefficient_changes_only_the_mouth(tiny_run, tmp_path):
     ws = tmp_path / "edited" / "checkpoints"
     ws.mkdir(parents=True)
     ckpt = ws / "jaw.pth"
-    mouth, reach, avatar = _localised_jaw_checkpoint(tiny_run, ckpt)
+    mouth, reach, avatar = localised_jaw_checkpoint(tiny_run, ckpt)
     s = avatar.subject
     frame = int(s.test_indices[0])
     lo, hi = float(avatar.coeff_min[0]), float(avatar.coeff_max[0])

@@ -146,7 +146,7 @@ def _clear_outputs(out_dir: Path) -> None:
             path.unlink()
 
 
-def _to_pixels(rgb: torch.Tensor, opacity: torch.Tensor, alpha: bool) -> torch.Tensor:
+def to_pixels(rgb: torch.Tensor, opacity: torch.Tensor, alpha: bool) -> torch.Tensor:
     """uint8 [..., 3] (or [..., 4] with straight, not premultiplied, colour and the opacity as alpha), computed
     where the render lives: a quarter of the bytes of float32 cross to the host."""
     if alpha:
@@ -175,7 +175,7 @@ def run_job(avatar: Avatar, job: RenderJob, out_dir: Path, *, batch: int = 4,
             t0 = time.perf_counter()
             images = render_images(avatar.field, avatar.grid, avatar.config.render, job.poses[start:end], job.camera,
                                    job.coeffs[start:end], job.background)
-            pixels = _to_pixels(images.rgb, images.opacity, job.alpha).cpu().numpy()
+            pixels = to_pixels(images.rgb, images.opacity, job.alpha).cpu().numpy()
             elapsed = time.perf_counter() - t0
             seconds += elapsed
             if start == 0:
