@@ -188,6 +188,9 @@ def synth(
     tracks_from: Optional[Path] = typer.Option(None, help="Drive the head with the expressions of a subject written "
                                                           "by nerfbs preprocess (by name, resampled to --frames) "
                                                           "instead of generated ones."),
+    fov: Optional[float] = typer.Option(None, help="Vertical field of view of the camera, degrees [default: 29.5, "
+                                                   "a focal length of 1.9 x --size]; the camera moves so that the "
+                                                   "head keeps its size in the frame."),
 ) -> None:
     """Write a procedural talking head in the NeRFBlendShape dataset layout."""
     import time
@@ -198,7 +201,8 @@ def synth(
     start = time.perf_counter()
     tracks = None if tracks_from is None else tracked_coefficient_tracks(tracks_from, coefficient_names(coeffs), frames)
     with progress_bar("rendering", total=frames) as update:
-        path = synthesize(out, frames=frames, size=size, coeffs=coeffs, seed=seed, progress=update, tracks=tracks)
+        path = synthesize(out, frames=frames, size=size, coeffs=coeffs, seed=seed, progress=update, tracks=tracks,
+                          fov_degrees=fov)
     typer.echo(f"wrote {frames} frames ({size}x{size}, {coeffs} coefficients) to {path} "
                f"in {time.perf_counter() - start:.1f} s")
     if preview:
