@@ -218,7 +218,8 @@ def preprocess(
     max_frames: Optional[int] = typer.Option(None, help="Use only the first N frames."),
     landmarker: Optional[Path] = typer.Option(None, help="face_landmarker_v2_with_blendshapes.task [default: the "
                                               "cache, $NERFBS_CACHE or ~/.cache/nerfbs, downloaded when absent]."),
-    fov: float = typer.Option(63.0, help="Assumed vertical field of view of the video frame, degrees."),
+    fov: Optional[float] = typer.Option(None, help="Vertical field of view of the video frame, degrees [default: "
+                                                   "estimated from the video by the whole-video head fit]."),
     preview: bool = typer.Option(False, help="Also write OUT/preview.png: crops, landmarks and masks."),
 ) -> None:
     """Turn a talking-head video into a subject: crop, landmarks, blendshapes, poses, head masks, background."""
@@ -243,6 +244,12 @@ def preprocess(
     typer.echo(f"wrote {report.frames_written} frames ({size}x{size}, crop x={report.crop[0]} y={report.crop[1]} "
                f"side={report.crop[2]}) to {report.subject}; {report.frames_dropped} of {report.frames_decoded} "
                f"decoded frames had no face and were left out; {report.background_inpainted:.0%} of bc.jpg inpainted")
+    fit = report.fit
+    lens = (f"estimated {fit.fov_degrees:.1f} +- {fit.fov_sigma_degrees:.1f} degrees (focal {fit.focal:.0f} +- "
+            f"{fit.focal_sigma:.0f} px of the video)" if fit.estimated else f"given {fit.fov_degrees:.1f} degrees")
+    typer.echo(f"field of view: {lens}; rigid landmarks' reprojection error per frame: median "
+               f"{report.reprojection_median_px:.2f} px, worst {report.reprojection_worst_px:.2f} px "
+               f"(frame {report.reprojection_worst_img_id}); per frame in {report.subject / 'tracking.json'}")
     if report.preview is not None:
         typer.echo(f"preview: {report.preview}")
 
