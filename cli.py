@@ -196,8 +196,10 @@ def synth(
     import time
 
     from nerfbs.commands import progress_bar
-    from nerfbs.synth.generate import coefficient_names, synthesize, tracked_coefficient_tracks, write_preview
+    from nerfbs.synth.generate import (coefficient_names, focal_length, synthesize, tracked_coefficient_tracks,
+                                       write_preview)
 
+    focal_length(size, fov)  # a bad --fov fails before anything is rendered
     start = time.perf_counter()
     tracks = None if tracks_from is None else tracked_coefficient_tracks(tracks_from, coefficient_names(coeffs), frames)
     with progress_bar("rendering", total=frames) as update:
