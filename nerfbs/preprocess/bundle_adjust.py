@@ -9,22 +9,27 @@ z towards the viewer) at
 with (R_i, t_i) the head-to-camera pose in OpenCV axes (x right, y down, z forward, cm), f the focal
 length and (cx, cy) the principal point, both in pixels. The fit minimises
 
-    sum_il rho(|x_il - obs_il|) / sigma^2  +  |S - S0|^2 / sigma_S^2  +  (log f - log f0)^2 / sigma_f^2
+    sum_il v_il rho(|x_il - obs_il|) / sigma^2  +  sum_l |S_l - S0_l|^2 / sigma_l^2
+    + (log f - log f0)^2 / sigma_f^2  +  sum_i |log(R_i P_i^T)|^2 / sigma_R^2        (halved)
 
-with Cauchy's rho (scale ``cauchy`` x sigma: a landmark many pixels off barely counts), by
-Levenberg-Marquardt in float64: per frame a rotation increment (R <- exp([w]x) R) and a translation,
-globally the shape and log f. The normal equations are solved by the Schur complement: the 6 x 6 pose
-blocks are eliminated frame by frame (batched), leaving a (3L + 1)-square system for the globals.
+with Cauchy's rho (scale ``cauchy`` x sigma: a landmark many pixels off barely counts), v_il = 1 where
+frame i sees point l, and the last term only when prior rotations P_i are given. Levenberg-Marquardt in
+float64: per frame a rotation increment (R <- exp([w]x) R) and a translation, globally the shape and
+log f (a step in log f scales every translation with f, so the head keeps its image size: the valley
+between focal length and distance becomes straight). The normal equations are solved by the Schur
+complement: the 6 x 6 pose blocks are eliminated frame by frame (batched), leaving a (3L + 1)-square
+system for the globals.
 
-Gauge: a similarity transform of S, undone in every pose and in the scale of all translations,
-changes no projection. It is fixed explicitly after every accepted step: S keeps S0's centroid,
-orientation (Procrustes) and RMS size, so the world stays in canonical-face centimetres.
+Gauge: a similarity transform of S, undone in every pose and in the scale of all translations, changes
+no projection. It is fixed explicitly: steps of S are restricted to those that keep, to first order, the
+centroid and RMS size of the gauge points (the first ``gauge_points``) and, without a rotation prior, their
+orientation; after each step the exact transform (Procrustes onto S0) is applied. The world thus stays in
+canonical-face centimetres.
 
-The focal length is observed only through perspective (how the image of a rigid shape of known
-proportions changes with depth and turns); its weak prior keeps a frontal, still video at f0. Its
-formal 1-sigma uncertainty comes from the inverse of the reduced normal matrix (an underestimate when
-landmark errors are correlated over time). Nothing here is differentiable; all arrays are numpy
-float64 in and out.
+The focal length is observed only through perspective (how the image of a rigid shape changes with depth
+and turns); its formal 1-sigma uncertainty comes from the inverse of the reduced normal matrix (an
+underestimate when landmark errors are correlated over time: ``head_fit.estimate_focal`` does better).
+Nothing here is differentiable; arrays are numpy float64 in and out.
 """
 from __future__ import annotations
 
