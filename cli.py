@@ -222,17 +222,23 @@ def synth(
     tracks_from: Optional[Path] = typer.Option(None, help="Drive the head with the expressions of a subject written "
                                                           "by nerfbs preprocess (by name, resampled to --frames) "
                                                           "instead of generated ones."),
+    fov: Optional[float] = typer.Option(None, help="Vertical field of view of the camera, degrees [default: 29.5, "
+                                                   "a focal length of 1.9 x --size]; the camera moves so that the "
+                                                   "head keeps its size in the frame."),
 ) -> None:
     """Write a procedural talking head in the NeRFBlendShape dataset layout."""
     import time
 
     from nerfbs.commands import progress_bar
-    from nerfbs.synth.generate import coefficient_names, synthesize, tracked_coefficient_tracks, write_preview
+    from nerfbs.synth.generate import (coefficient_names, focal_length, synthesize, tracked_coefficient_tracks,
+                                       write_preview)
 
+    focal_length(size, fov)  # a bad --fov fails before anything is rendered
     start = time.perf_counter()
     tracks = None if tracks_from is None else tracked_coefficient_tracks(tracks_from, coefficient_names(coeffs), frames)
     with progress_bar("rendering", total=frames) as update:
-        path = synthesize(out, frames=frames, size=size, coeffs=coeffs, seed=seed, progress=update, tracks=tracks)
+        path = synthesize(out, frames=frames, size=size, coeffs=coeffs, seed=seed, progress=update, tracks=tracks,
+                          fov_degrees=fov)
     typer.echo(f"wrote {frames} frames ({size}x{size}, {coeffs} coefficients) to {path} "
                f"in {time.perf_counter() - start:.1f} s")
     if preview:
@@ -250,7 +256,8 @@ def preprocess(
                                               "cache, $NERFBS_CACHE or ~/.cache/nerfbs, downloaded when absent]."),
     segmenter: Optional[Path] = typer.Option(None, help="selfie_segmentation.tflite, MediaPipe's person segmenter "
                                              "[default: the cache, downloaded when absent]."),
-    fov: float = typer.Option(63.0, help="Assumed vertical field of view of the video frame, degrees."),
+    fov: Optional[float] = typer.Option(None, help="Vertical field of view of the video frame, degrees [default: "
+                                                   "estimated from the video by the whole-video head fit]."),
     preview: bool = typer.Option(False, help="Also write OUT/preview.png: crops, landmarks and masks."),
 ) -> None:
     """Turn a talking-head video into a subject: crop, landmarks, blendshapes, poses, head masks, background."""
@@ -275,6 +282,12 @@ def preprocess(
     typer.echo(f"wrote {report.frames_written} frames ({size}x{size}, crop x={report.crop[0]} y={report.crop[1]} "
                f"side={report.crop[2]}) to {report.subject}; {report.frames_dropped} of {report.frames_decoded} "
                f"decoded frames had no face and were left out; {report.background_inpainted:.0%} of bc.jpg inpainted")
+    fit = report.fit
+    lens = (f"estimated {fit.fov_degrees:.1f} +- {fit.fov_sigma_degrees:.1f} degrees (focal {fit.focal:.0f} +- "
+            f"{fit.focal_sigma:.0f} px of the video)" if fit.estimated else f"given {fit.fov_degrees:.1f} degrees")
+    typer.echo(f"field of view: {lens}; rigid landmarks' reprojection error per frame: median "
+               f"{report.reprojection_median_px:.2f} px, worst {report.reprojection_worst_px:.2f} px "
+               f"(frame {report.reprojection_worst_img_id}); per frame in {report.subject / 'tracking.json'}")
     if report.preview is not None:
         typer.echo(f"preview: {report.preview}")
 

@@ -35,14 +35,18 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Pat
 
 
 @pytest.fixture(scope="module")
-def subject(tmp_path_factory):
+def clip(tmp_path_factory):
     assert LANDMARKER.is_file(), f"{LANDMARKER} is missing (../shared/models)"
     assert SEGMENTER.is_file(), f"{SEGMENTER} is missing (../shared/models)"
     assert VIDEO.is_file(), f"{VIDEO} is missing (../shared/videos)"
-    tmp = tmp_path_factory.mktemp("preprocess")
     frames = [cv2.resize(rgb, (CLIP_SIZE, CLIP_SIZE), interpolation=cv2.INTER_AREA)
               for _, rgb in read_frames(VIDEO, CLIP_FRAMES)]
-    clip = _write_video(tmp / "clip.mp4", frames)
+    return _write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", frames)
+
+
+@pytest.fixture(scope="module")
+def subject(clip, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("preprocess")
     stages = []
     report = preprocess_video(clip, tmp / "subject", size=SIZE, landmarker=LANDMARKER, segmenter=SEGMENTER,
                               preview=True,
@@ -89,6 +93,32 @@ def test_poses_project_the_canonical_face_onto_the_landmarks(subject):
         uv, depth = project(world, s.poses[i], s.fx, s.fy, s.cx, s.cy)
         err = (uv - s.landmarks[i, :468]).norm(dim=-1).median()
         assert (depth > 0).all() and err < 0.03 * SIZE, f"frame {i}: median reprojection error {err:.1f} px"
+
+
+def test_tracking_reports_the_lens_and_the_rigid_reprojection(subject):
+    report, _ = subject
+    fit = report.fit
+    assert fit.estimated and 10 < fit.fov_degrees < 120 and fit.fov_sigma_degrees > 0
+    data = json.loads((report.subject / "tracking.json").read_text())
+    assert data["focal_estimated"] is True and data["fov_degrees"] == pytest.approx(fit.fov_degrees, abs=1e-3)
+    assert len(data["frames"]) == CLIP_FRAMES and len(data["rigid_landmarks"]) == len(data["rigid_shape_cm"])
+    errors = [f["rigid_error_px"] for f in data["frames"]]
+    assert report.reprojection_worst_px == pytest.approx(max(errors), abs=1e-3)
+    assert report.reprojection_median_px == pytest.approx(np.median(errors), abs=1e-3)
+    assert report.reprojection_median_px < 0.01 * SIZE, "the rigid landmarks must be registered to about a pixel"
+    meta = json.loads((report.subject / "transforms.json").read_text())
+    side = data["crop"]["side"]
+    assert meta["fy"] == pytest.approx(fit.focal * SIZE / side, rel=1e-6), "the subject's focal is the fitted one"
+
+
+def test_a_given_field_of_view_overrides_the_estimate(clip, tmp_path):
+    report = preprocess_video(clip, tmp_path / "given", size=SIZE, landmarker=LANDMARKER, segmenter=SEGMENTER,
+                              fov_degrees=30.0)
+    assert not report.fit.estimated and report.fit.fov_degrees == pytest.approx(30.0)
+    meta = json.loads((report.subject / "transforms.json").read_text())
+    focal = (CLIP_SIZE / 2) / np.tan(np.radians(30.0) / 2)
+    assert meta["fy"] == pytest.approx(focal * SIZE / report.crop[2], rel=1e-6)
+    assert json.loads((report.subject / "tracking.json").read_text())["focal_estimated"] is False
 
 
 def test_progress_reports_every_stage(subject):

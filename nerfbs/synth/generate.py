@@ -29,8 +29,8 @@ from nerfbs.synth.landmarks import landmarks_3d
 from nerfbs.synth.raytrace import TraceSettings, background, render_heads, torso, trace
 
 FPS = 25.0
-CAMERA_DISTANCE = 0.3  # world units from the head
-FOCAL_PER_PIXEL = 1.9  # focal length / image size: the head fills ~60% of the frame
+CAMERA_DISTANCE = 0.3  # world units from the head at the default focal length
+FOCAL_PER_PIXEL = 1.9  # default focal length / image size (29.5 degrees vertical): the head fills ~60% of the frame
 PIVOT = (0.0, -0.8, -0.1)  # design-space point the head turns about (the neck)
 
 # ARKit blendshape names, most visible first: K < 52 keeps the first K, K > 52 adds mixed extras.
@@ -188,10 +188,11 @@ def head_motion(frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return rz @ ry @ rx, trans
 
 
-def camera_poses(rotations: np.ndarray, translations: np.ndarray) -> np.ndarray:
-    """Renderer camera-to-world [F, 4, 4] in the head's frame: the rest camera with the head motion inverted."""
+def camera_poses(rotations: np.ndarray, translations: np.ndarray, distance: float = CAMERA_DISTANCE) -> np.ndarray:
+    """Renderer camera-to-world [F, 4, 4] in the head's frame: the rest camera ``distance`` world units in front
+    of the head, with the head motion inverted."""
     rest = np.array([[1.0, 0, 0], [0, -1, 0], [0, 0, -1]])  # x right, y down (image), looking along -z
-    position = np.array([0.0, -0.05 * DESIGN_SCALE, CAMERA_DISTANCE])
+    position = np.array([0.0, -0.05 * DESIGN_SCALE, distance])
     pivot = np.array(PIVOT) * DESIGN_SCALE
     rt = np.transpose(rotations, (0, 2, 1))
     poses = np.tile(np.eye(4), (len(rotations), 1, 1))
@@ -216,6 +217,7 @@ class Scene:
     translations: np.ndarray  # [F, 3] head translation in the camera's world
     size: int
     focal: float
+    distance: float  # world units from the camera to the head at rest
     background: torch.Tensor  # [H, W, 3] float in [0, 1] on the device
     neck_v: float  # collar height of the torso at rest (pixels)
     device: torch.device
@@ -232,22 +234,36 @@ class Frames:
     landmarks: np.ndarray
 
 
+def focal_length(size: int, fov_degrees: float | None = None) -> float:
+    """Focal length in pixels of a size x size image with a vertical field of view ``fov_degrees``
+    (None: ``FOCAL_PER_PIXEL`` x size, 29.5 degrees)."""
+    if fov_degrees is None:
+        return FOCAL_PER_PIXEL * size
+    if not 5.0 <= fov_degrees <= 120.0:
+        raise UserError(f"--fov {fov_degrees}: outside [5, 120] degrees — give a vertical field of view in degrees")
+    return (size / 2) / math.tan(math.radians(fov_degrees) / 2)
+
+
 def make_scene(frames: int, size: int, coeffs: int, seed: int, device: str | torch.device | None = None,
-               tracks: Optional[np.ndarray] = None) -> Scene:
-    """The scene of a subject; ``tracks`` [frames, coeffs] replaces the generated coefficient tracks."""
+               tracks: Optional[np.ndarray] = None, fov_degrees: float | None = None) -> Scene:
+    """The scene of a subject; ``tracks`` [frames, coeffs] replaces the generated coefficient tracks.
+    ``fov_degrees`` (vertical) sets the lens; the camera moves back or in so that the head keeps its size
+    in the frame."""
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = coefficient_names(coeffs)
     if tracks is not None and np.shape(tracks) != (frames, coeffs):
         raise UserError(f"coefficient tracks of shape {np.shape(tracks)} given for {frames} frames x {coeffs} coefficients")
     rotations, translations = head_motion(frames, seed)
-    focal = FOCAL_PER_PIXEL * size
-    rest = torch.from_numpy(camera_poses(np.eye(3)[None], np.zeros((1, 3)))[0])
+    focal = focal_length(size, fov_degrees)
+    distance = CAMERA_DISTANCE * focal / (FOCAL_PER_PIXEL * size)
+    rest = torch.from_numpy(camera_poses(np.eye(3)[None], np.zeros((1, 3)), distance)[0])
     neck_uv, _ = project(torch.tensor([[0.0, -1.0, 0.3]], dtype=torch.float64) * DESIGN_SCALE, rest,
                          focal, focal, size / 2, size / 2)
     coefficients = coefficient_tracks(names, frames, seed) if tracks is None else np.asarray(tracks, np.float32)
     return Scene(names=names, coefficients=coefficients,
-                 control_weights=control_matrix(names, seed), poses=camera_poses(rotations, translations),
-                 translations=translations, size=size, focal=focal, background=background(size, size, seed, dev),
+                 control_weights=control_matrix(names, seed), poses=camera_poses(rotations, translations, distance),
+                 translations=translations, size=size, focal=focal, distance=distance,
+                 background=background(size, size, seed, dev),
                  neck_v=float(neck_uv[0, 1]), device=dev)
 
 
@@ -261,7 +277,7 @@ def render_frames(scene: Scene, index: Sequence[int], *, poses: Optional[np.ndar
     coef = torch.from_numpy(scene.coefficients[index] if coefficients is None else np.asarray(coefficients))
     rig = make_rig((coef.double() @ scene.control_weights).to(dev, torch.float32))
     layers = render_heads(pose, rig, f, f, c, c, size, size, settings)
-    shift = torch.from_numpy(scene.translations[index] / CAMERA_DISTANCE * f).to(dev, torch.float32)
+    shift = torch.from_numpy(scene.translations[index] / scene.distance * f).to(dev, torch.float32)
     body, body_cover = torso(size, size, shift[:, 0], -shift[:, 1], scene.neck_v)
     bg, a = scene.background, layers.head_alpha[..., None]
     ori = (bg * (1 - a) + layers.head * a) * (1 - body_cover[..., None]) + body * body_cover[..., None]
@@ -278,16 +294,17 @@ def render_frames(scene: Scene, index: Sequence[int], *, poses: Optional[np.ndar
 
 def synthesize(out_dir: str | os.PathLike, *, frames: int = 600, size: int = 512, coeffs: int = 46, seed: int = 0,
                device: str | torch.device | None = None,
-               progress: Optional[Callable[[int, int], None]] = None, tracks: Optional[np.ndarray] = None) -> Path:
+               progress: Optional[Callable[[int, int], None]] = None, tracks: Optional[np.ndarray] = None,
+               fov_degrees: float | None = None) -> Path:
     """Write a synthetic subject of ``frames`` size x size frames with ``coeffs`` coefficients to out_dir;
     ``tracks`` [frames, coeffs] (in [0, 1], named as ``coefficient_names``) drive the head instead of the
-    generated talking tracks."""
+    generated talking tracks; ``fov_degrees`` is the vertical field of view (None: 29.5 degrees)."""
     out = Path(out_dir)
     if frames < 1 or size < 16 or coeffs < 1:
         raise UserError(f"{out}: need --frames >= 1, --size >= 16 and --coeffs >= 1")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists and is not empty — choose a new folder or remove it")
-    scene = make_scene(frames, size, coeffs, seed, device, tracks)
+    scene = make_scene(frames, size, coeffs, seed, device, tracks, fov_degrees)
     per_batch = max(1, (4_000_000 if scene.device.type == "cuda" else 300_000) // (size * size // 2))
     c = size / 2
     with SubjectWriter(out, height=size, width=size, fx=scene.focal, fy=scene.focal, cx=c, cy=c,
