@@ -33,8 +33,8 @@ LANDMARKER_URL = ("https://storage.googleapis.com/mediapipe-assets/face_landmark
 LANDMARKER_SHA256 = "b261925d4aad812b47a0e8d58c1baa1223270a5d1f663d78338bc881c003879d"
 NUM_LANDMARKS = 478
 MEDIAPIPE_FOV_DEGREES = 63.0  # vertical field of view MediaPipe's face geometry assumes for its matrix
-INSTALL_HINT = ("install the preprocess extra: pip install 'nerfbs[preprocess]' && "
-                "pip install --no-deps mediapipe==1.2.2 (see docs/perf/preprocess.md)")
+INSTALL_HINT = ("install the preprocess extra: pip install -e '.[preprocess]' && "
+                "pip install --no-deps mediapipe==1.2.2 (README.md, Install)")
 
 
 # ------------------------------------------------------------------------------------------- the model
