@@ -68,7 +68,7 @@ def _flag(name: str, help: str) -> bool:
     return typer.Option(False, name, help=help, show_default="off")
 
 
-@app.command()
+@app.command(short_help="Train an avatar on a subject, then score it.")
 @_one_line_errors
 def train(
     subject: str = typer.Argument(..., help="Subject folder, or a name under ./dataset/."),
@@ -148,7 +148,7 @@ def train(
     report.message(outcome.summary())
 
 
-@app.command()
+@app.command(short_help="Render an avatar: its frames, edits, reenactment, orbits.")
 @_one_line_errors
 def render(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by `nerfbs train` (e.g. runs/x/checkpoints/latest.pth)."),
@@ -190,7 +190,7 @@ def render(
                f"{stats.fps:.1f} frames/s ({stats.seconds:.2f} s rendering, PNG writing excluded)")
 
 
-@app.command("export-video")
+@app.command("export-video", short_help="Encode a folder of rendered frames as an mp4.")
 @_one_line_errors
 def export_video(
     frames_dir: Path = typer.Argument(..., help="Folder of numbered frames (0000.png, 0001.png, ...)."),
@@ -209,7 +209,7 @@ def export_video(
     report.message(f"wrote {count} frames ({width}x{height}, {fps:g} fps) to {output}")
 
 
-@app.command()
+@app.command(short_help="Write a procedural talking head as a subject.")
 @_one_line_errors
 def synth(
     out: Path = typer.Argument(..., help="New subject folder to write."),
@@ -238,7 +238,7 @@ def synth(
         report.message(f"preview: {write_preview(path, path / 'preview.png')}")
 
 
-@app.command()
+@app.command(short_help="Turn a talking-head video into a subject.")
 @_one_line_errors
 def preprocess(
     video: Path = typer.Argument(..., help="A talking-head video (one face, fixed camera)."),
@@ -277,7 +277,7 @@ def preprocess(
         console.message(f"preview: {report.preview}")
 
 
-@app.command("eval")
+@app.command("eval", short_help="Score the held-out frames: PSNR, SSIM, LPIPS.")
 @_one_line_errors
 def eval_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by `nerfbs train`."),
@@ -300,7 +300,7 @@ def eval_command(
     report.message(evaluation.markdown())
 
 
-@app.command()
+@app.command(short_help="The whole pipeline on a synthetic head, in minutes.")
 @_one_line_errors
 def demo(
     out: Path = typer.Option(Path("demo_run"), help="New (or empty) folder for everything the demo writes."),

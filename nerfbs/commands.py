@@ -90,11 +90,10 @@ def train_and_evaluate(config: Config, workspace_dir: Path, *, resume: bool, rep
             done = step if cfg.minutes <= 0 else max(step, int(total * train.training_fraction(cfg, step, run.elapsed)))
             update(done, **training_figures(step, {**last_val, **figures}))
 
-        started = run.elapsed
         train.train(run, on_step=on_step)
     evaluation, paths = evaluate_run(run, ws.root / "eval", report=report)
     return TrainOutcome(workspace=ws, first_step=first_step, last_step=run.step,
-                        minutes=(run.elapsed - started) / 60.0, evaluation=evaluation, report_paths=paths)
+                        minutes=(run.elapsed - run.elapsed_before) / 60.0, evaluation=evaluation, report_paths=paths)
 
 
 def evaluate_run(run, out_dir: Path, *, report: Reporter = SILENT) -> tuple[Evaluation, dict[str, Path]]:

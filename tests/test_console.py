@@ -107,3 +107,8 @@ def test_only_the_cli_and_its_console_touch_rich_or_typer():
             if any(n == "nerfbs.console" for n in names) and rel != "cli.py":
                 console_users.append(rel)
     assert not offenders and not console_users, (offenders, console_users)
+
+
+def test_command_list_is_not_cut():
+    commands = invoke("--help").output.split("Commands:")[1]
+    assert "..." not in commands and "demo" in commands
