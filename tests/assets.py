@@ -43,10 +43,10 @@ def in_ci() -> bool:
 
 def missing_message(relative: str, root: Path | None) -> str:
     """One line: which file is missing, where it was looked for, and how to provide it."""
-    where = f"{root / relative}" if root is not None else f"{relative} (no {ENV} set and no {DEFAULT_ROOT})"
+    where = (f"missing {root / relative}" if root is not None
+             else f"missing {relative} ({ENV} is not set and {DEFAULT_ROOT} does not exist)")
     source = SOURCES.get(relative, "see README.md, Tests")
-    return (f"{where} is missing: set {ENV} to a folder holding models/ and videos/ with this file "
-            f"(get it from {source})")
+    return f"{where}: set {ENV} to a folder holding models/ and videos/ with it (get it from {source})"
 
 
 def asset(relative: str) -> Path:

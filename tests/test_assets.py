@@ -35,14 +35,14 @@ def test_missing_asset_skips_naming_the_file_and_the_source(tmp_path):
     result = _run_missing(tmp_path, env_ci="")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 skipped" in result.stdout
-    assert "face_landmarker_v2_with_blendshapes.task is missing" in result.stdout
+    assert "missing " in result.stdout and "models/face_landmarker_v2_with_blendshapes.task" in result.stdout
     assert assets.ENV in result.stdout and "storage.googleapis.com" in result.stdout
 
 
 def test_missing_asset_fails_under_ci(tmp_path):
     result = _run_missing(tmp_path, env_ci="true")
     assert result.returncode == 1 and "1 failed" in result.stdout, result.stdout + result.stderr
-    assert "CI=true" in result.stdout and "face_landmarker_v2_with_blendshapes.task is missing" in result.stdout
+    assert "CI=true: missing " in result.stdout and "face_landmarker_v2_with_blendshapes.task" in result.stdout
 
 
 def test_default_folder_is_shared_beside_the_repository(monkeypatch):
