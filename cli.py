@@ -83,7 +83,8 @@ def train(
                                            "(original on a CUDA GPU, small on a CPU)."),
     rays_per_image: int = typer.Option(_TRAIN.rays_per_image, help="Rays per training image."),
     images_per_step: int = typer.Option(_TRAIN.images_per_step, help="Training images per step."),
-    lr: float = typer.Option(_TRAIN.lr, help="Initial learning rate (decays to a tenth)."),
+    lr: float = typer.Option(_TRAIN.lr, help="Initial learning rate (decays exponentially to "
+                                             f"{_TRAIN.lr_final_fraction:g} of it)."),
     lpips: bool = typer.Option(_TRAIN.use_lpips, help="Perceptual loss from step --lpips-from (needs the VGG "
                                                       "weights)."),
     lpips_from: int = typer.Option(_TRAIN.lpips_from_step, help="Step from which the perceptual loss applies."),
@@ -96,8 +97,8 @@ def train(
     table_l1: bool = typer.Option(_TRAIN.table_l1_weight > 0, help="L1 penalty on the non-neutral tables."),
     distortion: float = typer.Option(_TRAIN.distortion_weight, help="Weight of mip-NeRF 360's distortion loss (0: "
                                                                     "off, as the original)."),
-    subpixel_rays: bool = _flag("--subpixel-rays", "Colour rays through random points of their pixels, targets read bilinearly (the "
-                                "original: pixel centres)."),
+    subpixel_rays: bool = _flag("--subpixel-rays", "Colour rays through random points of their pixels, targets read "
+                                                   "bilinearly (the original: pixel centres)."),
     mixed_precision: bool = typer.Option(_TRAIN.mixed_precision, help="fp16 MLPs on CUDA."),
     neutral_only: bool = _flag("--neutral-only", "Ablation: fix every frame's coefficients at neutral."),
     stream: bool = _flag("--stream", "Read training frames from disk instead of keeping them in memory."),
@@ -159,11 +160,14 @@ def render(
     out: Optional[Path] = typer.Option(None, help="Output folder (its earlier frames are replaced).",
                                        show_default="<workspace>/render/<checkpoint name>"),
     batch: int = typer.Option(4, help="Images per renderer call."),
-    drive: Optional[Path] = typer.Option(None, show_default="none: the frames' own coefficients", help="Reenact: another sequence's transforms.json, one output frame per "
-                                         "driving frame (its coefficients clamped by its own, then this avatar's range)."),
+    drive: Optional[Path] = typer.Option(None, show_default="none: the frames' own coefficients",
+                                         help="Reenact: another sequence's transforms.json, one output frame per "
+                                              "driving frame (its coefficients clamped by its own, then this "
+                                              "avatar's range)."),
     drive_relative: bool = _flag("--drive-relative", "With --drive: this avatar's first training frame plus the "
                                  "driver's change since its first frame (avoids identity leakage)."),
-    set_: list[str] = typer.Option([], "--set", show_default="none", metavar="<name=value>", help="Fix a coefficient in every frame: INDEX=VALUE, INDEX counting "
+    set_: list[str] = typer.Option([], "--set", show_default="none", metavar="<name=value>",
+                                   help="Fix a coefficient in every frame: INDEX=VALUE, INDEX counting "
                                    "exp_ori from 0 (--set 0=0.8), or NAME=VALUE with the data's exp_names "
                                    "(--set jawOpen=0.8). Repeatable; values are clamped to the trained range."),
     camera: str = typer.Option("dataset", help="dataset (the frames' own cameras) or orbit (a 360-degree turntable)."),
@@ -218,9 +222,10 @@ def synth(
     coeffs: int = typer.Option(46, help="Expression coefficients per frame (ARKit-like names; 52 gives all of them)."),
     seed: int = typer.Option(0, help="Random seed: the same seed writes the same subject."),
     preview: bool = _flag("--preview", "Also write OUT/preview.png, a contact sheet of a few frames."),
-    tracks_from: Optional[Path] = typer.Option(None, show_default="none: generated expressions", help="Drive the head with the expressions of a subject written "
-                                                          "by nerfbs preprocess (by name, resampled to --frames) "
-                                                          "instead of generated ones."),
+    tracks_from: Optional[Path] = typer.Option(None, show_default="none: generated expressions",
+                                               help="Drive the head with the expressions of a subject written "
+                                                    "by nerfbs preprocess (by name, resampled to --frames) "
+                                                    "instead of generated ones."),
 ) -> None:
     """Write a procedural talking head in the NeRFBlendShape dataset layout."""
     import time
