@@ -211,10 +211,9 @@ def restore(run: TrainRun, payload: dict, path: Path) -> None:
 
 
 def build_run(config: Config, workspace: Workspace, device: torch.device, *, lpips: torch.nn.Module | None,
-              progress: Callable[[int, int], None] | None = None, subject: Subject | None = None) -> TrainRun:
-    """Load the subject and build the field, occupancy grid and optimizer for ``config``."""
-    if subject is None:
-        subject = load_configured_subject(config.data, device, progress=progress)
+              progress: Callable[[int, int], None] | None = None) -> TrainRun:
+    """Load the subject ``config.data`` names and build the field, occupancy grid and optimizer for ``config``."""
+    subject = load_configured_subject(config.data, device, progress=progress)
     config = fit_config_to_subject(config, subject)
     torch.manual_seed(config.train.seed)
     field = BlendShapeField(config.model, bound=config.render.bound).to(device)
