@@ -55,9 +55,10 @@ def demo_subject(device: torch.device) -> DemoSubject:
 def demo_config(device: torch.device) -> Config:
     """The demo's training recipe (the subject folder, held-out count and time budget are filled in later).
 
-    CUDA: the original recipe. CPU: a smaller hash grid, MLPs and occupancy grid, and a higher learning
-    rate, so that a few minutes on two cores give a recognisable avatar. Both validate often enough to draw
-    the held-out curve and keep no periodic checkpoints."""
+    CUDA: the original recipe. CPU: a smaller hash grid, MLPs and occupancy grid, a higher learning rate and
+    30% of the face's rays inside the mouth, so that a few minutes on two cores give a recognisable avatar
+    with coloured lips (docs/PERF.md, "nerfbs demo on a CPU"). Both validate often enough to draw the
+    held-out curve and keep no periodic checkpoints."""
     if device.type == "cuda":
         return Config(train=TrainConfig(steps=30000, validate_every=1000, checkpoint_every=10 ** 9))
     return Config(
@@ -65,7 +66,7 @@ def demo_config(device: torch.device) -> Config:
         render=SMALL_RENDER,
         train=TrainConfig(steps=100000, rays_per_image=1024, images_per_step=2, lr=5e-3, mask_loss_steps=300,
                           use_lpips=False, lpips_from_step=10 ** 9, occupancy_warmup_steps=64, validate_every=100,
-                          checkpoint_every=10 ** 9))
+                          mouth_ray_fraction=0.3, checkpoint_every=10 ** 9))
 
 
 @dataclass
