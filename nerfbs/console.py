@@ -115,6 +115,7 @@ class ConsoleReporter:
 
     @contextmanager
     def stage(self, name: str, total: int | None = None) -> Iterator[Update]:
+        """A bar (or plain lines) for a stage of ``total`` units; yields its ``update(done, total=None, **figures)``."""
         if not self.live:
             plain = _PlainStage(self.message, name, total)
             yield plain.update

