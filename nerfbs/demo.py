@@ -95,7 +95,8 @@ class DemoResult:
                 f"  subject/        the synthetic subject (NeRFBlendShape layout)\n"
                 f"  run/            training: checkpoints/latest.pth, curves.png, validation/, eval/\n"
                 f"  render/         rendered PNGs ({self.render_fps:.1f} frames/s): sequence/, sweep_jaw/, "
-                f"sweep_brows/, novel_view/\n"
+                f"sweep_brows/, novel_view/;\n"
+                f"                  composed/ and demo_video/ (demo.mp4's frames)\n"
                 f"Next: {self.next_command}")
 
 
@@ -144,12 +145,12 @@ def _novel_views_only(job):
 
 def _write_video_frames(out: Path, avatar, sequence_dir: Path, sweeps: list[tuple[str, Path, list[dict]]],
                         progress) -> Path:
-    """demo.mp4's frames in ``out/video_frames``: the sequence (render | captioned truth) twice, then the sweeps
-    side by side, forth and back, twice. Repeated frames are hard links."""
+    """demo.mp4's frames, numbered in ``out/demo_video`` (hard links to the composites in ``out/composed``): the
+    sequence (render | captioned truth) twice, then the sweeps side by side, forth and back, twice."""
     from nerfbs.export.expressions import ping_pong
     from nerfbs.images import write_png
 
-    frames_dir = out / "video_frames"
+    frames_dir = out / "composed"
     frames_dir.mkdir(parents=True, exist_ok=True)
     s = avatar.subject
     unique: list[Path] = []
@@ -179,7 +180,7 @@ def _write_video_frames(out: Path, avatar, sequence_dir: Path, sweeps: list[tupl
             progress(s.num_frames + t + 1)
         loop = ping_pong(list(range(steps)), 2 * (steps - 1))
         order += [sweep_frames[t] for t in loop] * 2
-    numbered = out / "video"
+    numbered = out / "demo_video"
     numbered.mkdir(exist_ok=True)
     for n, path in enumerate(order):
         _link_or_copy(path, numbered / f"{n:04d}.png")
@@ -250,13 +251,10 @@ def run_demo(out: Path, *, minutes: float = 10.0, frames: int = 0, size: int = 0
                             progress=lambda done, total, base=rendered: update(base + done))
             rendered += stats.images
             seconds += stats.seconds
-    novel_dir = out / "novel_view_frames"
-    novel_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(len(avatar.subject.test_indices)):
-        _link_or_copy(renders / "novel_view" / f"{i:04d}.png", novel_dir / f"{i:04d}.png")
+    novel_dir = renders / "novel_view"  # numbered 0000.png, ... by _novel_views_only
     composed = avatar.subject.num_frames + (SWEEP_STEPS if sweeps else 0)
     with report.stage("composing demo.mp4", total=composed) as update:
-        video_frames = _write_video_frames(out, avatar, renders / "sequence", sweeps, update)
+        video_frames = _write_video_frames(renders, avatar, renders / "sequence", sweeps, update)
     video, novel_video = out / "demo.mp4", out / "novel_view.mp4"
     for frames_dir, path in ((video_frames, video), (novel_dir, novel_video)):
         with report.stage(f"encoding {path.name}") as update:
