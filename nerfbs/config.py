@@ -60,13 +60,35 @@ SMALL_MODEL = ModelConfig(grid=GridConfig(num_levels=8, features_per_level=2, ba
                           density_hidden=32, density_layers=2, geo_features=15, color_hidden=32, color_layers=1,
                           sh_degree=3)
 SMALL_RENDER = RenderConfig(grid_resolution=32)
+MODEL_PRESETS = ("auto", "original", "small")  # ``nerfbs train --model``
+
+
+def resolve_model_preset(name: str, device_type: str) -> str:
+    """``original`` or ``small`` for a ``--model`` choice: ``auto`` is the original's field on CUDA and the small
+    one on a CPU (where the original's takes seconds per step and learns little in minutes)."""
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"model preset {name!r}: use one of {', '.join(MODEL_PRESETS)}")
+    if name == "auto":
+        return "original" if device_type == "cuda" else "small"
+    return name
+
+
+def model_preset_name(config: "Config") -> str:
+    """Which preset a config's field and occupancy grid are: ``original``, ``small`` or ``custom`` (the number of
+    bases, set by the subject, is ignored)."""
+    bases = GridConfig().num_bases
+    model = dataclasses.replace(config.model, grid=dataclasses.replace(config.model.grid, num_bases=bases))
+    if (model, config.render) == (ModelConfig(), RenderConfig()):
+        return "original"
+    if (model, config.render) == (SMALL_MODEL, SMALL_RENDER):
+        return "small"
+    return "custom"
 
 
 @dataclass(frozen=True)
 class DataConfig:
     subject: str = ""
     test_last: int = 500
-    scale: float = 0.33  # the format's translation scale
     stream_from_disk: bool = False
     neutral_only: bool = False  # ablation: every frame's coefficients fixed at the neutral face
 
@@ -126,11 +148,18 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
-        """Rebuild a config from ``to_dict`` output; unknown keys are an error (a config from another version)."""
+        """Rebuild a config from ``to_dict`` output. Keys of fields removed since (``RETIRED_KEYS``, found in
+        older checkpoints) are dropped; any other unknown key is an error (a config from another version)."""
         return _build(cls, d)
 
     def replace(self, **sections: Any) -> "Config":
         return dataclasses.replace(self, **sections)
+
+
+# Fields that older nerfbs versions wrote into checkpoints and that no longer exist, by section. Their values
+# never changed what a checkpoint renders: DataConfig.scale (the format's translation scale, always 0.33 and
+# never read; the loader uses data.camera.FORMAT_SCALE).
+RETIRED_KEYS = {"DataConfig": {"scale"}}
 
 
 def _build(kind: type, d: Any) -> Any:
@@ -138,6 +167,8 @@ def _build(kind: type, d: Any) -> Any:
         return d
     if not isinstance(d, dict):
         raise ValueError(f"config section {kind.__name__} is not a mapping")
+    retired = RETIRED_KEYS.get(kind.__name__, set())
+    d = {k: v for k, v in d.items() if k not in retired}
     fields = {f.name: f for f in dataclasses.fields(kind)}
     unknown = sorted(set(d) - set(fields))
     if unknown:

@@ -13,7 +13,7 @@ The forward runs one thread per (sample, feature), the backward one per (sample,
 cell, feature), with levels and corners unrolled (``ti.static``): neighbouring threads touch the C
 adjacent floats of a table row together, so a warp's loads and atomics land on a few 32-byte
 sectors instead of 32 scattered words (on the H100 the scatter-add got about 3.5x faster than one
-thread per (sample, level) issuing 4 scalar atomics per corner: docs/perf/encoder.md). On CUDA
+thread per (sample, level) issuing 4 scalar atomics per corner: docs/PERF.md, "Blended hash encoder"). On CUDA
 the scatter-add also merges, inside each warp, consecutive samples that hit the same row (samples
 along a ray share coarse cells) into one atomic. Kernels come from cached factories keyed on
 (GridConfig, dtype, backend); levels' scales, sizes, offsets and dense/hashed choice are

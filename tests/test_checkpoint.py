@@ -23,8 +23,24 @@ def test_round_trip_keeps_config_and_step(tmp_path):
 
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
     path = _save(tmp_path / "a.pth")
-    path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(UserError, match="a.pth: not a readable checkpoint"):
+    for damaged in (path.read_bytes()[:100], b"not a checkpoint at all"):
+        path.write_bytes(damaged)
+        with pytest.raises(UserError, match="a.pth: not a readable checkpoint") as err:
+            ckpt.load_checkpoint(path)
+        detail = str(err.value).split("(corrupt or truncated: ")[1].split(")")[0]
+        assert len(detail) <= 101 and (detail.endswith("…") or "." not in detail), detail  # whole words
+
+
+def test_checkpoint_written_with_a_retired_config_field_still_loads(tmp_path):
+    """Checkpoints from before DataConfig.scale was removed carry it; it is dropped, other unknown keys refused."""
+    path = _save(tmp_path / "old.pth")
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["data"]["scale"] = 0.33
+    torch.save(payload, path)
+    assert ckpt.load_checkpoint(path)["config"] == Config()
+    payload["config"]["data"]["brightness"] = 2.0
+    torch.save(payload, path)
+    with pytest.raises(UserError, match=r"unknown keys \['brightness'\]"):
         ckpt.load_checkpoint(path)
 
 

@@ -1,4 +1,8 @@
-from nerfbs.config import Config, GridConfig
+import dataclasses
+
+import pytest
+
+from nerfbs.config import SMALL_MODEL, SMALL_RENDER, Config, GridConfig, model_preset_name, resolve_model_preset
 
 
 def test_default_grid_matches_the_original_parameter_count():
@@ -13,3 +17,30 @@ def test_default_grid_matches_the_original_parameter_count():
 def test_config_round_trips_through_a_dict():
     cfg = Config()
     assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_old_config_dicts_with_retired_keys_still_load():
+    old = Config().to_dict()
+    old["data"]["scale"] = 0.33  # DataConfig.scale, written by checkpoints before it was removed
+    assert Config.from_dict(old) == Config()
+    assert "scale" not in Config().to_dict()["data"]
+    old["train"]["scale"] = 0.33  # retired in the data section only
+    with pytest.raises(ValueError, match="TrainConfig has unknown keys"):
+        Config.from_dict(old)
+
+
+def test_model_auto_is_the_original_on_cuda_and_small_on_a_cpu():
+    assert resolve_model_preset("auto", "cuda") == "original"
+    assert resolve_model_preset("auto", "cpu") == "small"
+    assert resolve_model_preset("small", "cuda") == "small" and resolve_model_preset("original", "cpu") == "original"
+    with pytest.raises(ValueError):
+        resolve_model_preset("huge", "cpu")
+
+
+def test_model_preset_name_ignores_the_subject_s_basis_count():
+    small = Config(model=SMALL_MODEL, render=SMALL_RENDER)
+    fitted = small.replace(model=dataclasses.replace(SMALL_MODEL, grid=dataclasses.replace(SMALL_MODEL.grid,
+                                                                                             num_bases=9)))
+    assert model_preset_name(Config()) == "original"
+    assert model_preset_name(small) == "small" and model_preset_name(fitted) == "small"
+    assert model_preset_name(small.replace(render=Config().render)) == "custom"

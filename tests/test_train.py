@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 
 import numpy as np
 import torch
@@ -13,7 +15,7 @@ from nerfbs.train.checkpoint import load_checkpoint
 from nerfbs.config import Config, DataConfig, TrainConfig
 from nerfbs.data.subject import load_subject
 from nerfbs.train.workspace import Workspace
-from tiny import TINY_MODEL, TINY_RENDER, invoke, one_line_error
+from tiny import TINY_MODEL, TINY_RENDER, TINY_STEPS, invoke, one_line_error
 
 
 def test_loss_falls_and_held_out_psnr_beats_the_background(tiny_run):
@@ -65,7 +67,9 @@ def test_resume_continues_from_the_saved_step_with_identical_optimizer_state(tin
 
 
 def test_bad_training_input_is_one_line(tiny_run, tmp_path):
-    assert "no such subject folder" in one_line_error(invoke("train", tmp_path / "nowhere", "--steps", 5))
+    message = one_line_error(invoke("train", tmp_path / "nowhere", "--steps", 5))
+    assert "nowhere: no such subject folder" in message and "dataset/" not in message
+    assert "./dataset/nowhere" in one_line_error(invoke("train", "nowhere", "--steps", 5))
     assert "--steps must be at least 1" in one_line_error(invoke("train", tiny_run.subject, "--steps", 0))
     assert "--rays-per-image" in one_line_error(invoke("train", tiny_run.subject, "--rays-per-image", 2))
     assert "nothing to resume" in one_line_error(invoke("train", tiny_run.subject, "--resume",
@@ -77,16 +81,54 @@ def test_bad_training_input_is_one_line(tiny_run, tmp_path):
     assert "latest.pth: not a readable checkpoint" in message
     message = one_line_error(invoke("train", tiny_run.subject, "--workspace", tiny_run.workspace, "--test-last", 2))
     assert "already holds a run" in message
-    assert "--model huge: use original or small" in one_line_error(invoke("train", tiny_run.subject, "--model", "huge"))
+    assert "--model huge: use auto, original, small" in one_line_error(invoke("train", tiny_run.subject, "--model", "huge"))
 
 
-def test_small_model_option_trains_the_cpu_sized_field(tiny_run, tmp_path):
+def test_model_auto_trains_the_cpu_sized_field_on_a_cpu_and_says_so(tiny_run, tmp_path):
     ws = tmp_path / "small"
-    result = invoke("train", tiny_run.subject, "--model", "small", "--steps", 3, "--test-last", 2, "--no-lpips",
-                    "--workspace", ws)
+    result = invoke("train", tiny_run.subject, "--steps", 3, "--test-last", 2, "--no-lpips", "--workspace", ws)
     assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith("nerfbs train: ") and "on cpu, model small (auto on cpu)" in first, first
     saved = json.loads((ws / "config.json").read_text())
     assert saved["model"]["grid"]["num_levels"] == 8 and saved["render"]["grid_resolution"] == 32
+
+
+def test_progress_in_a_log_has_a_line_per_tenth_with_step_loss_psnr_and_speed(tiny_run):
+    """CliRunner's output is not a terminal: `nerfbs train ... > log.txt` gets these plain lines."""
+    lines = [line for line in tiny_run.train_output.splitlines() if line.startswith("training ")]
+    steps = [int(re.search(r"\bstep (\d+)", line).group(1)) for line in lines]
+    assert steps[-1] == TINY_STEPS and steps[0] <= TINY_STEPS // 10, lines
+    assert all(b - a <= TINY_STEPS // 10 for a, b in zip(steps, steps[1:])), steps
+    assert all(re.search(r"loss [\d.e-]+  psnr [\d.]+ .*ms/step [\d.]+", line) for line in lines), lines
+    assert "\x1b" not in tiny_run.train_output and "━" not in tiny_run.train_output
+    loading = [line for line in tiny_run.train_output.splitlines() if line.startswith("loading training frames")]
+    assert loading[-1].startswith("loading training frames  8/8 (100%)"), loading  # 10 frames, 2 held out
+
+
+def test_resume_says_which_steps_it_trained_and_ctrl_c_says_it_once(tiny_run, tmp_path, monkeypatch):
+    ws = tmp_path / "resumed"
+    shutil.copytree(tiny_run.workspace, ws)
+    result = invoke("train", tiny_run.subject, "--resume", "--workspace", ws, "--steps", TINY_STEPS + 2)
+    assert result.exit_code == 0, result.output
+    assert "(as saved)" in result.output.splitlines()[0]
+    summary = re.search(rf"trained steps {TINY_STEPS} to {TINY_STEPS + 2} \(2 this session\) in ([\d.]+) min",
+                        result.output)
+    assert summary and 0 <= float(summary.group(1)) < 5, result.output  # this session only
+
+    real_step = train.train_step
+
+    def interrupted_at_the_second_step(run):
+        if run.step == TINY_STEPS + 3:
+            raise KeyboardInterrupt
+        return real_step(run)
+
+    monkeypatch.setattr(train, "train_step", interrupted_at_the_second_step)
+    result = invoke("train", tiny_run.subject, "--resume", "--workspace", ws, "--steps", TINY_STEPS + 10)
+    assert result.exit_code == 130, result.output
+    assert result.output.count("interrupted") == 1, result.output
+    assert f"interrupted at step {TINY_STEPS + 3}: saved {ws / 'checkpoints' / 'latest.pth'}" in result.output
+    assert load_checkpoint(ws / "checkpoints" / "latest.pth")["step"] == TINY_STEPS + 3
 
 
 def test_distortion_and_subpixel_options_reach_the_step(tiny_run, tmp_path):

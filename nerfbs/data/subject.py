@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from nerfbs.config import DataConfig
 from nerfbs.data.camera import FORMAT_SCALE, Intrinsics, renderer_from_stored
 from nerfbs.errors import UserError
 
@@ -38,11 +39,13 @@ def resolve_subject_path(name_or_path: str | os.PathLike) -> Path:
     p = Path(name_or_path)
     if p.is_dir():
         return p
-    q = Path("dataset") / name_or_path
-    if q.is_dir():
-        return q
-    raise UserError(f"{name_or_path}: no such subject folder (neither a path nor ./dataset/{name_or_path}) "
-                    "— give the folder that holds transforms.json")
+    if not p.is_absolute() and len(p.parts) == 1:
+        q = Path("dataset") / name_or_path
+        if q.is_dir():
+            return q
+        raise UserError(f"{name_or_path}: no such subject folder (neither a path nor ./dataset/{name_or_path}) "
+                        "— give the folder that holds transforms.json")
+    raise UserError(f"{name_or_path}: no such subject folder — give the folder that holds transforms.json")
 
 
 @dataclass
@@ -285,7 +288,7 @@ def _available_bytes(device: torch.device) -> int:
 
 
 def _load_training_frames(root: Path, ids: list[int], height: int, width: int, device: torch.device,
-                          progress: Progress, done0: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+                          progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
     n = len(ids)
     images = torch.empty((n, height, width, 3), dtype=torch.uint8, device=device)
     masks = torch.empty((n, height, width), dtype=torch.bool, device=device)
@@ -295,13 +298,14 @@ def _load_training_frames(root: Path, ids: list[int], height: int, width: int, d
             images[i] = torch.from_numpy(rgb).to(device, non_blocking=False)
             masks[i] = torch.from_numpy(mask).to(device)
             if progress is not None:
-                progress(done0 + i + 1, total)
+                progress(i + 1, n)
     return images, masks
 
 
 def load_subject(path: str | os.PathLike, *, test_last: int, device: str | torch.device = "cpu",
                  stream_from_disk: bool = False, progress: Progress = None, scale: float = FORMAT_SCALE) -> Subject:
-    """Load a subject folder (or a name under ./dataset/). ``progress(done, total)`` is called as files load."""
+    """Load a subject folder (or a name under ./dataset/). ``progress(done, total)`` counts the training frames
+    read into memory (with ``stream_from_disk``, the frames whose landmarks were read)."""
     root = resolve_subject_path(path)
     device = torch.device(device)
     meta = _meta(root)
@@ -318,11 +322,10 @@ def load_subject(path: str | os.PathLike, *, test_last: int, device: str | torch
                         f"{test_last + 1} — lower --test-last")
     num_train = len(ids) - test_last
 
-    total = len(ids) + (0 if stream_from_disk else num_train)
     with ThreadPoolExecutor(max_workers=min(16, 2 * (os.cpu_count() or 1))) as pool:
         lms = np.stack(list(pool.map(lambda j: _read_landmarks(root / "ori_imgs" / f"{j}.lms", j), ids)))
-    if progress is not None:
-        progress(len(ids), total)
+    if progress is not None and stream_from_disk:
+        progress(len(ids), len(ids))
     face, mouth, eye = landmark_rects(lms, width, height)
 
     lo, hi = raw[:num_train].min(0), raw[:num_train].max(0)
@@ -346,8 +349,7 @@ def load_subject(path: str | os.PathLike, *, test_last: int, device: str | torch
         if need > DEVICE_MEMORY_FRACTION * free:
             raise UserError(f"{root}: {num_train} training frames need {need / 2**30:.1f} GiB, "
                             f"{free / 2**30:.1f} GiB free on {device} — use --stream to read frames from disk")
-        images, masks = _load_training_frames(root, ids[:num_train], height, width, device, progress,
-                                              len(ids), total)
+        images, masks = _load_training_frames(root, ids[:num_train], height, width, device, progress)
 
     def dev(a, dtype):
         return torch.as_tensor(a, dtype=dtype).to(device)
@@ -361,3 +363,16 @@ def load_subject(path: str | os.PathLike, *, test_last: int, device: str | torch
         face_rects=dev(face, torch.int32), mouth_rects=dev(mouth, torch.int32), eye_rects=dev(eye, torch.int32),
         landmarks=torch.from_numpy(lms), background=dev(background, torch.uint8), device=device,
         images=images, masks=masks, stream_from_disk=stream_from_disk)
+
+
+def load_configured_subject(data: DataConfig, device: str | torch.device, *, folder: str | os.PathLike | None = None,
+                            stream_from_disk: bool | None = None, progress: Progress = None) -> Subject:
+    """The subject a config's data section describes (``folder`` and ``stream_from_disk`` override its
+    ``subject`` and ``stream_from_disk``). The one place ``neutral_only`` applies: every frame's
+    coefficients become the neutral face's."""
+    subject = load_subject(folder if folder is not None else data.subject, test_last=data.test_last, device=device,
+                           stream_from_disk=data.stream_from_disk if stream_from_disk is None else stream_from_disk,
+                           progress=progress)
+    if data.neutral_only:
+        subject.coeffs[:, 1:] = 0.0
+    return subject

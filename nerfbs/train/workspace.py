@@ -38,10 +38,6 @@ class Workspace:
     def curves(self) -> Path:
         return self.root / "curves.png"
 
-    @property
-    def results(self) -> Path:
-        return self.root / "results.json"
-
     def create(self) -> None:
         (self.root / "validation").mkdir(parents=True, exist_ok=True)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
