@@ -95,6 +95,7 @@ class TrainConfig:
     occupancy_update_every: int = 16
     occupancy_warmup_steps: int = 256
     occupancy_probe_frames: int = 8
+    occupancy_mask_carving: bool = False  # confine the grid to cells some training frame sees inside its head mask
     validate_every: int = 1000
     checkpoint_every: int = 5000
     seed: int = 0

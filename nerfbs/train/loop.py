@@ -25,6 +25,7 @@ from nerfbs.errors import UserError
 from nerfbs.images import error_grid, write_png
 from nerfbs.field import BlendShapeField
 from nerfbs.train.plot import write_curves
+from nerfbs.render.carve import silhouette_cells
 from nerfbs.render.image import render_with_truth
 from nerfbs.render.rays import make_occupancy_grid, render_rays_train, update_occupancy
 from nerfbs.train.workspace import Workspace
@@ -92,6 +93,13 @@ def occupancy_probes(run: TrainRun) -> torch.Tensor:
     n = run.config.train.occupancy_probe_frames
     rows = torch.randint(0, run.subject.num_train, (n,), device=run.device, generator=run.generator)
     return run.subject.coeffs[rows]
+
+
+def silhouette_grid_cells(subject: Subject, config: Config) -> torch.Tensor:
+    """[res^3] bool: the occupancy cells some training frame sees inside its head mask (``nerfbs.render.carve``)."""
+    rc = config.render
+    frames = ((subject.poses[i], subject.frame(i)[1]) for i in range(subject.num_train))
+    return silhouette_cells(rc.grid_resolution, rc.bound, subject.intrinsics, frames)
 
 
 def _autocast(run: TrainRun):
@@ -222,6 +230,8 @@ def build_run(config: Config, workspace: Workspace, device: torch.device, *, lpi
     torch.manual_seed(config.train.seed)
     field = BlendShapeField(config.model, bound=config.render.bound).to(device)
     grid = make_occupancy_grid(config.render).to(device)
+    if config.train.occupancy_mask_carving:
+        grid.restrict(silhouette_grid_cells(subject, config))
     generator = torch.Generator(device=device)
     generator.manual_seed(config.train.seed)
     return TrainRun(config=config, subject=subject, sampler=RaySampler(subject, device), field=field, grid=grid,
