@@ -36,6 +36,7 @@ class RenderConfig:
     step_growth: float = 1.0 / 128  # dt = clamp(t * step_growth, min_step, max_step)
     max_steps_per_ray: int = 1024
     early_stop_transmittance: float = 1e-4  # training: samples after T falls below this get no gradient
+    skip_hidden_samples: bool = False  # training: a density pass without gradient drops those samples first
     display_early_stop: float = 1e-2  # inference renders retire a ray below this transmittance (the original's)
 
     def __post_init__(self) -> None:

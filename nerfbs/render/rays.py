@@ -2,6 +2,7 @@
 whole images, and the occupancy grid's refresh. Knows rays and cameras, not datasets."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +13,7 @@ from nerfbs.field import BlendShapeField
 from taichi_kernels.composite import composite
 from taichi_kernels.inference import render_rays_inference
 from taichi_kernels.march import march_rays_train
-from taichi_kernels.samples import MarchParams
+from taichi_kernels.samples import MarchParams, Samples
 from taichi_kernels.occupancy import OccupancyGrid
 
 
@@ -21,8 +22,9 @@ class RenderOutput:
     rgb: torch.Tensor  # [R, 3] composited over the per-ray background
     opacity: torch.Tensor  # [R]
     depth: torch.Tensor  # [R]
-    num_samples: int  # samples marched (and evaluated) for these rays
+    num_samples: int  # samples the field evaluated with gradient for these rays
     distortion: torch.Tensor | None = None  # [R] mip-NeRF 360 distortion per ray, when asked for
+    num_marched: int = 0  # samples marched (more than num_samples when hidden ones were skipped)
 
 
 def make_occupancy_grid(config: RenderConfig) -> OccupancyGrid:
@@ -38,6 +40,9 @@ def render_rays_train(field: BlendShapeField, grid: OccupancyGrid, config: Rende
     background [R, 3]. Gradients reach the field's parameters and ``coeffs``. ``distortion`` also returns each
     ray's distortion (``nerfbs.render.distortion``)."""
     samples = march_rays_train(origins, directions, grid, MarchParams.from_render_config(config), jitter=jitter, generator=generator)
+    marched = samples.num_samples
+    if config.skip_hidden_samples:
+        samples = _visible_samples(field, samples, ray_frame, coeffs, config.early_stop_transmittance)
     frame_index = ray_frame[samples.ray_index.long()].int()  # [M]
     sigma, rgb = field(samples.positions, samples.directions, frame_index, coeffs)
     color, opacity, depth = composite(sigma, rgb, samples.t, samples.dt, samples.ray_offsets, samples.ray_counts,
@@ -45,7 +50,31 @@ def render_rays_train(field: BlendShapeField, grid: OccupancyGrid, config: Rende
     spread = None
     if distortion:
         spread = ray_distortion(sigma, samples.t, samples.dt, samples.ray_index, samples.ray_offsets, 2.0 * config.bound)
-    return RenderOutput(color, opacity, depth, samples.num_samples, spread)
+    return RenderOutput(color, opacity, depth, samples.num_samples, spread, marched)
+
+
+def visible_counts(sigma: torch.Tensor, samples: Samples, early_stop: float) -> torch.Tensor:
+    """[R] int32: how many of each ray's samples see transmittance T >= ``early_stop`` before them, given their
+    densities sigma [M] (T falls along a ray, so these are a prefix of its samples)."""
+    if samples.num_samples == 0:
+        return torch.zeros_like(samples.ray_counts)
+    tau = sigma.detach().double() * samples.dt.double()  # [M] optical depth of each sample
+    before = torch.cumsum(tau, 0) - tau  # [M] exclusive, over all rays
+    ray = samples.ray_index.long()
+    start = before[samples.ray_offsets.long().clamp(max=samples.num_samples - 1)]  # [R]
+    visible = (before - start[ray]) <= -math.log(early_stop)
+    return torch.zeros_like(samples.ray_counts).index_add_(0, ray, visible.to(torch.int32))
+
+
+@torch.no_grad()
+def _visible_samples(field: BlendShapeField, samples: Samples, ray_frame: torch.Tensor, coeffs: torch.Tensor,
+                     early_stop: float) -> Samples:
+    """The samples that training compositing can give a gradient: a density pass without autograd finds where
+    each ray's transmittance falls below ``early_stop``; the samples after it (composited with weight 0 and no
+    gradient) are dropped. The density pass runs in inference precision, so a ray may keep or lose one sample
+    at the cut: its effect on the composite is below ``early_stop``."""
+    sigma = field.density(samples.positions, ray_frame[samples.ray_index.long()].int(), coeffs.detach())
+    return samples.prefix(visible_counts(sigma, samples, early_stop))
 
 
 @torch.no_grad()

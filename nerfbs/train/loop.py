@@ -158,7 +158,8 @@ def train_step(run: TrainRun) -> dict[str, float]:
     # one device-to-host copy for all figures (a sync per figure would stall the launch queue each time)
     values = torch.stack([v.detach().float().reshape(()) for v in figures.values()]).tolist()
     result = dict(zip(figures.keys(), values))
-    result.update(lr=lr, samples_per_ray=out.num_samples / max(rays.origins.shape[0], 1))
+    n_rays = max(rays.origins.shape[0], 1)
+    result.update(lr=lr, samples_per_ray=out.num_samples / n_rays, marched_per_ray=out.num_marched / n_rays)
     return result
 
 
