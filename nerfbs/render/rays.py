@@ -77,27 +77,45 @@ def _visible_samples(field: BlendShapeField, samples: Samples, ray_frame: torch.
     return samples.prefix(visible_counts(sigma, samples, early_stop))
 
 
+# First-round samples per ray of the inference loop (``render_rays_inference``'s ``samples_per_round``): one frame
+# is 2^18 rays at 512x512, too few for the GPU to hide a host sync, so it marches more per round (fewer rounds);
+# a batch of frames marches less per round (less overshoot past the rays' early stop).
+SAMPLES_PER_ROUND = 8
+SINGLE_FRAME_SAMPLES_PER_ROUND = 16
+
+
 @torch.no_grad()
 def render_rays(field: BlendShapeField, grid: OccupancyGrid, config: RenderConfig, origins: torch.Tensor,
                 directions: torch.Tensor, ray_frame: torch.Tensor, coeffs: torch.Tensor, background: torch.Tensor,
-                *, chunk: int = 1 << 21) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                *, chunk: int = 1 << 21, samples_per_round: int = SAMPLES_PER_ROUND,
+                stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inference render (alive-ray loop) of R rays, in chunks of ``chunk`` rays: (rgb [R,3], opacity [R], depth [R]).
 
-    The chunk bounds the loop's sample slots (8 per ray) and so the field's largest batch: 2^21 rays give at
-    most 2^24 points, whose widest per-point array (the colour MLP's 80 inputs) stays below the 2^31
-    elements that Taichi's int32 indexing reaches."""
+    The chunk bounds the loop's sample rows (``samples_per_round`` per ray) and so the field's largest batch:
+    2^21 rays at 8 per round give at most 2^24 points, whose widest per-point array (the colour MLP's 80
+    inputs) stays below the 2^31 elements that Taichi's int32 indexing reaches. ``stats``, if given, receives
+    the loop's figures summed over chunks (rounds, host_syncs, samples) and ray_samples [R]."""
     params = MarchParams.from_render_config(config)
+    chunk = max(1, min(chunk, (1 << 24) // samples_per_round))
 
     def field_fn(points, dirs, frame_index):
         with torch.autocast(points.device.type, dtype=torch.float16, enabled=points.device.type == "cuda"):
             sigma, rgb = field(points, dirs, frame_index, coeffs)
         return sigma.float(), rgb.float()
 
-    outs = []
+    outs, per_ray = [], []
     for start in range(0, origins.shape[0], chunk):
         end = start + chunk
+        part: dict = {}
         outs.append(render_rays_inference(origins[start:end], directions[start:end], ray_frame[start:end], field_fn,
-                                          grid, params, background[start:end]))
+                                          grid, params, background[start:end], samples_per_round=samples_per_round,
+                                          max_samples_per_round=max(64, samples_per_round), stats=part))
+        per_ray.append(part.pop("ray_samples"))
+        if stats is not None:
+            for k, v in part.items():
+                stats[k] = stats.get(k, 0) + v
+    if stats is not None:
+        stats["ray_samples"] = torch.cat(per_ray) if per_ray else origins.new_zeros(0, dtype=torch.int32)
     if not outs:
         empty = origins.new_zeros(0)
         return origins.new_zeros(0, 3), empty, empty
