@@ -152,7 +152,7 @@ def bench_inference(device, grid, params, size=512, samples_per_round=8):
             return out
         return wrapper
 
-    original = march._kernels
+    original = inference._kernels
 
     def instrumented_kernels(res, p):
         kernels = dict(original(res, p))
@@ -160,7 +160,7 @@ def bench_inference(device, grid, params, size=512, samples_per_round=8):
         kernels["round"] = timed("round_kernel", kernels["round"])
         return kernels
 
-    march._kernels = instrumented_kernels
+    inference._kernels = instrumented_kernels
     try:
         instrumented = []
         for _ in range(10):
@@ -169,7 +169,7 @@ def bench_inference(device, grid, params, size=512, samples_per_round=8):
             instrumented.append((_median_ms(lambda: render(timed("field", field)), reps=1, warmup=0),
                                  {k: sum(v) for k, v in stages.items()}))
     finally:
-        march._kernels = original
+        inference._kernels = original
     instrumented.sort(key=lambda x: x[0])
     inst_total, inst_stages = instrumented[len(instrumented) // 2]
     return {
@@ -178,7 +178,7 @@ def bench_inference(device, grid, params, size=512, samples_per_round=8):
         "total_ms": total,
         "rounds": stats["rounds"],
         "host_syncs": stats["host_syncs"],
-        "sample_slots": stats["sample_slots"],
+        "samples": stats["samples"],
         "hit_fraction": float((opacity > 0.5).float().mean()),
         "instrumented_total_ms": inst_total,
         "instrumented_stage_ms": inst_stages,

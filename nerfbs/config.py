@@ -36,6 +36,7 @@ class RenderConfig:
     step_growth: float = 1.0 / 128  # dt = clamp(t * step_growth, min_step, max_step)
     max_steps_per_ray: int = 1024
     early_stop_transmittance: float = 1e-4  # training: samples after T falls below this get no gradient
+    skip_hidden_samples: bool = False  # training: a density pass without gradient drops those samples first
     display_early_stop: float = 1e-2  # inference renders retire a ray below this transmittance (the original's)
 
     def __post_init__(self) -> None:
@@ -117,6 +118,7 @@ class TrainConfig:
     occupancy_update_every: int = 16
     occupancy_warmup_steps: int = 256
     occupancy_probe_frames: int = 8
+    occupancy_mask_carving: bool = False  # confine the grid to cells some training frame sees inside its head mask
     validate_every: int = 1000
     checkpoint_every: int = 5000
     seed: int = 0

@@ -3,7 +3,9 @@ images without autograd.
 
 Each round one fused kernel composites every alive ray's previous samples, retires the rays that are done
 and marches the rest a few samples further (with ``taichi_kernels.march``'s step function, so it places
-the samples that training marching places without jitter); the field is called between rounds.
+the samples that training marching places without jitter). The new samples are written compacted, each
+ray's contiguous, so the field (called between rounds) sees exactly the live samples; the kernel's two
+counters (rays still alive, samples written) are read in one host sync per round.
 """
 import functools
 import time
@@ -37,24 +39,25 @@ def _kernels(res: int, params: MarchParams):
             acc: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [R, 6] T, r, g, b, opacity, depth; updated
             ray_ints: ti.types.ndarray(dtype=ti.i32, ndim=2),  # [R, 2] frame, samples so far; the latter updated
             bitfield: ti.types.ndarray(dtype=ti.u8, ndim=1),  # [res^3 / 8] uint8
-            work_in: ti.types.ndarray(dtype=ti.i32, ndim=2),  # [A, 3] ray, samples last round, march finished
-            sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),  # [A * n_in] last round's field output
-            rgbs: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [A * n_in, 3]
-            t_dt_in: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [A * n_in, 2] last round's samples
-            counter: ti.types.ndarray(dtype=ti.i32, ndim=1),  # [1] zero on entry; rays still alive on exit
-            work_out: ti.types.ndarray(dtype=ti.i32, ndim=2),  # [A, 3] written for the first `counter` rows
-            positions: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [A * n_out, 3] written (0 in unused slots)
-            sample_dirs: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [A * n_out, 3] written
-            frames: ti.types.ndarray(dtype=ti.i32, ndim=1),  # [A * n_out] written
-            t_dt_out: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [A * n_out, 2] written
+            work_in: ti.types.ndarray(dtype=ti.i32, ndim=2),  # [A, 4] ray, first sample, samples, march finished
+            sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),  # [S_in] last round's field output, compact
+            rgbs: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [S_in, 3]
+            t_dt_in: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [S_in, 2] last round's samples, compact
+            counter: ti.types.ndarray(dtype=ti.i32, ndim=1),  # [2] zero on entry: rays alive, samples written
+            work_out: ti.types.ndarray(dtype=ti.i32, ndim=2),  # [A, 4] written for the first counter[0] rows
+            scratch: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [A * n_out, 2] per-slot t, dt before compaction
+            positions: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [S_out, 3] written for the first counter[1] rows
+            sample_dirs: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [S_out, 3] written
+            frames: ti.types.ndarray(dtype=ti.i32, ndim=1),  # [S_out] written
+            t_dt_out: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [S_out, 2] written
         ):
-            # Composite last round's samples of each ray, then (if it is still alive) reserve a slot with
-            # an atomic counter and march its next n_out samples there. Slot sizes come from the shapes.
-            n_in = sigmas.shape[0] // ti.max(work_in.shape[0], 1)
-            n_out = positions.shape[0] // ti.max(work_out.shape[0], 1)
+            # Composite last round's samples of each ray; if it is still alive, reserve a work slot, march up to
+            # n_out samples into the slot's scratch, then reserve that many compact sample rows and write them
+            # there (the field gets only live samples, each ray's contiguous and in marching order).
+            n_out = scratch.shape[0] // ti.max(work_out.shape[0], 1)
             for a in range(work_in.shape[0]):
                 r = work_in[a, 0]
-                done = work_in[a, 2]
+                done = work_in[a, 3]
                 if ti.static(first):
                     o = ti.Vector([rays[r, 0], rays[r, 1], rays[r, 2]])
                     nf = ray_box_interval(o, ti.Vector([rays[r, 3], rays[r, 4], rays[r, 5]]), bound, near_min)
@@ -65,8 +68,9 @@ def _kernels(res: int, params: MarchParams):
                 else:
                     T = acc[r, 0]
                     total = ti.Vector([acc[r, 1], acc[r, 2], acc[r, 3], acc[r, 4], acc[r, 5]])
-                    for j in range(work_in[a, 1]):
-                        i = a * n_in + j
+                    base_in = work_in[a, 1]
+                    for j in range(work_in[a, 2]):
+                        i = base_in + j
                         wt = weight_and_transmittance(T, sigmas[i], t_dt_in[i, 1])
                         total += wt[0] * ti.Vector([rgbs[i, 0], rgbs[i, 1], rgbs[i, 2], 1.0, t_dt_in[i, 0]])
                         T = wt[1]
@@ -91,30 +95,29 @@ def _kernels(res: int, params: MarchParams):
                         if s[0] == 0.0:
                             finished = 1
                             break
-                        i = slot * n_out + k
-                        p = o + s[1] * d
-                        for c in ti.static(range(3)):
-                            positions[i, c] = p[c]
-                            sample_dirs[i, c] = d[c]
-                        frames[i] = ray_ints[r, 0]
-                        t_dt_out[i, 0] = s[1]
-                        t_dt_out[i, 1] = s[2]
+                        scratch[slot * n_out + k, 0] = s[1]
+                        scratch[slot * n_out + k, 1] = s[2]
                         t = s[3]
                         n += 1
                         k += 1
-                    for j in range(k, n_out):
-                        i = slot * n_out + j
+                    base = ti.atomic_add(counter[1], k)
+                    frame = ray_ints[r, 0]
+                    for j in range(k):
+                        tm = scratch[slot * n_out + j, 0]
+                        i = base + j
+                        p = o + tm * d
                         for c in ti.static(range(3)):
-                            positions[i, c] = 0.0
+                            positions[i, c] = p[c]
                             sample_dirs[i, c] = d[c]
-                        frames[i] = ray_ints[r, 0]
-                        t_dt_out[i, 0] = 0.0
-                        t_dt_out[i, 1] = 0.0
+                        frames[i] = frame
+                        t_dt_out[i, 0] = tm
+                        t_dt_out[i, 1] = scratch[slot * n_out + j, 1]
                     rays[r, 6] = t
                     ray_ints[r, 1] = n
                     work_out[slot, 0] = r
-                    work_out[slot, 1] = k
-                    work_out[slot, 2] = finished
+                    work_out[slot, 1] = base
+                    work_out[slot, 2] = k
+                    work_out[slot, 3] = finished
 
         return render_round
 
@@ -130,15 +133,15 @@ def render_rays_inference(origins: torch.Tensor, directions: torch.Tensor, ray_f
     One fused kernel per round composites each alive ray's previous samples, retires rays that left
     the box, hit the step cap or fell below ``params.early_stop`` transmittance, compacts the rest
     with an atomic counter, and marches their next ``n`` samples (the first launch intersects the box
-    instead of compositing). ``n`` starts at ``samples_per_round`` and grows as rays retire, keeping
-    the batch near ``rays that hit * samples_per_round``, capped at ``max_samples_per_round``. Between
-    launches ``field_fn(positions [A*n, 3], directions [A*n, 3], frame_index [A*n] int32) ->
-    (sigma [A*n], rgb [A*n, 3])`` is called once (only on live slots; empty ones are skipped).
-    The field sees only the live slots. Host syncs: one per launch (reading the alive count) and one per
-    field call (the live-slot count), i.e. 2 * rounds + 1. Gives the same result as ``march_rays_train(jitter=False)`` followed by
-    ``composite``. ``stats``, if given, receives rounds, host_syncs, sample_slots (field batch
-    sizes summed) and round_kernel_ms (host time from each round kernel's launch to its count being read:
-    the kernel's run time when the field's work before it was synchronised).
+    instead of compositing), written compacted. ``n`` starts at ``samples_per_round`` and grows as rays
+    retire, keeping the batch near ``rays that hit * samples_per_round``, capped at
+    ``max_samples_per_round``. Between launches ``field_fn(positions [S, 3], directions [S, 3],
+    frame_index [S] int32) -> (sigma [S], rgb [S, 3])`` is called once on the round's S live samples.
+    Host syncs: one per launch (reading both counters at once), i.e. rounds + 1. Gives the same result as
+    ``march_rays_train(jitter=False)`` followed by ``composite``. ``stats``, if given, receives rounds,
+    host_syncs, samples (the field's batch sizes summed), ray_samples ([R] int32, samples marched per ray)
+    and round_kernel_ms (host time from each round kernel's launch to its counters being read: the
+    kernel's run time when the field's work before it was synchronised).
     """
     runtime.ensure_initialized()
     check_rays(origins, directions)
@@ -153,71 +156,59 @@ def render_rays_inference(origins: torch.Tensor, directions: torch.Tensor, ray_f
     device = origins.device
     acc = torch.zeros(rays, 6, dtype=torch.float32, device=device)
     acc[:, 0] = 1.0
-    run = {"rounds": 0, "host_syncs": 0, "sample_slots": 0, "round_kernel_ms": 0.0}
+    ray_ints = torch.stack((ray_frame, torch.zeros_like(ray_frame)), dim=1)
+    run = {"rounds": 0, "host_syncs": 0, "samples": 0, "round_kernel_ms": 0.0}
     if rays:
-        _render_loop(origins, directions, ray_frame, field_fn, grid, params, acc, samples_per_round,
+        _render_loop(origins, directions, field_fn, grid, params, acc, ray_ints, samples_per_round,
                      max_samples_per_round, run)
     if stats is not None:
-        stats.update(run)
+        stats.update(run, ray_samples=ray_ints[:, 1])
     opacity = acc[:, 4]
     rgb = acc[:, 1:4] + (1.0 - opacity)[:, None] * background.to(torch.float32)
     return rgb, opacity, acc[:, 5]
 
 
-def _field_on_live_slots(field_fn, positions, directions, frames, dt):
-    """Call the field only on the round's live slots (dt > 0; rays that left the box or stopped leave
-    empty slots): often well under half of them, and the field is the costly part. One host sync
-    (the live count). Empty slots get sigma 0, rgb 0."""
-    live = torch.nonzero(dt > 0).squeeze(1)
-    sigma = torch.zeros(dt.shape[0], dtype=torch.float32, device=dt.device)
-    rgb = torch.zeros(dt.shape[0], 3, dtype=torch.float32, device=dt.device)
-    if live.numel():
-        s, c = field_fn(positions[live], directions[live], frames[live])
-        sigma[live] = s.reshape(-1).float()
-        rgb[live] = c.float()
-    return sigma, rgb
-
-
 @torch.no_grad()
-def _render_loop(origins, directions, ray_frame, field_fn, grid, params, acc, per_round, max_per_round, run):
+def _render_loop(origins, directions, field_fn, grid, params, acc, ray_ints, per_round, max_per_round, run):
     device = origins.device
     rays = origins.shape[0]
     kernels = _kernels(grid.resolution, params)
     state = torch.cat((origins, directions, torch.zeros(rays, 2, device=device)), dim=1)
-    ray_ints = torch.stack((ray_frame, torch.zeros_like(ray_frame)), dim=1)
     zeros = torch.zeros(rays, dtype=torch.int32, device=device)
-    work = [torch.stack((torch.arange(rays, dtype=torch.int32, device=device), zeros, zeros), dim=1),
-            torch.empty(rays, 3, dtype=torch.int32, device=device)]
-    capacity = rays * per_round
+    work = [torch.stack((torch.arange(rays, dtype=torch.int32, device=device), zeros, zeros, zeros), dim=1),
+            torch.empty(rays, 4, dtype=torch.int32, device=device)]
+    capacity = rays * per_round  # the largest round: alive * n never exceeds it (n grows as rays retire)
+    scratch = torch.empty(capacity, 2, dtype=torch.float32, device=device)
     positions = torch.empty(capacity, 3, dtype=torch.float32, device=device)
     sample_dirs = torch.empty(capacity, 3, dtype=torch.float32, device=device)
     frames = torch.empty(capacity, dtype=torch.int32, device=device)
     t_dt = [torch.empty(0, 2, dtype=torch.float32, device=device), torch.empty(capacity, 2, dtype=torch.float32, device=device)]
-    # One counter per launch, zeroed once: a ray that survives a round marched n >= per_round samples.
-    counters = torch.zeros(params.max_steps_per_ray // per_round + 3, dtype=torch.int32, device=device)
+    # One pair of counters per launch, zeroed once: a ray that survives a round marched n >= per_round samples.
+    counters = torch.zeros(params.max_steps_per_ray // per_round + 3, 2, dtype=torch.int32, device=device)
     sigma = torch.empty(0, dtype=torch.float32, device=device)
     rgb = torch.empty(0, 3, dtype=torch.float32, device=device)
     alive, n, first_alive, kernel = rays, per_round, 0, kernels["first_round"]
     for k in range(counters.shape[0]):
         slots = alive * n
         started = time.perf_counter()
-        kernel(state, acc, ray_ints, grid.bitfield, work[0][:alive], sigma, rgb, t_dt[0], counters[k:k + 1],
-               work[1][:alive], positions[:slots], sample_dirs[:slots], frames[:slots], t_dt[1][:slots])
-        alive = int(counters[k])  # the round's host sync
+        kernel(state, acc, ray_ints, grid.bitfield, work[0][:alive], sigma, rgb, t_dt[0], counters[k],
+               work[1][:alive], scratch[:slots], positions[:slots], sample_dirs[:slots], frames[:slots], t_dt[1][:slots])
+        alive, live = counters[k].tolist()  # the round's host sync
         run["round_kernel_ms"] += (time.perf_counter() - started) * 1000
         run["host_syncs"] += 1
         if alive == 0:
             return
         first_alive = first_alive or alive
-        slots = alive * n
-        sigma, rgb = _field_on_live_slots(field_fn, positions[:slots], sample_dirs[:slots], frames[:slots],
-                                          t_dt[1][:slots, 1])
-        run["host_syncs"] += 1
+        sigma = torch.zeros(live, dtype=torch.float32, device=device)
+        rgb = torch.zeros(live, 3, dtype=torch.float32, device=device)
+        if live:
+            s, c = field_fn(positions[:live], sample_dirs[:live], frames[:live])
+            sigma, rgb = s.reshape(-1).float(), c.float()
         work.reverse()
         t_dt.reverse()
         t_dt[1] = t_dt[1] if t_dt[1].shape[0] else torch.empty(capacity, 2, dtype=torch.float32, device=device)
         run["rounds"] += 1
-        run["sample_slots"] += slots
+        run["samples"] += live
         n = min(max_per_round, max(per_round, first_alive * per_round // alive))
         kernel = kernels["round"]
     raise RuntimeError("inference loop exceeded its round bound: rays kept marching past max_steps_per_ray")

@@ -7,7 +7,8 @@ says so, which is what the marching kernels read.
 
 The grid never sees the model: ``update`` calls a density callback. Expressions move the face, so the
 callback is evaluated for several coefficient vectors and each cell keeps the maximum over them.
-Nothing here is differentiable.
+``restrict`` confines the grid to a set of allowed cells (e.g. those some training camera sees inside the
+head's silhouette): the others are never evaluated and never occupied. Nothing here is differentiable.
 """
 import functools
 from typing import Callable
@@ -84,8 +85,9 @@ class OccupancyGrid(nn.Module):
     """Density grid [res^3] float32 and packed bitfield [res^3 / 8] uint8 over [-bound, bound]^3.
 
     Buffers only (saved in ``state_dict``): ``density``, ``bitfield`` and ``mean`` (the mean density,
-    a 0-d tensor). Before the first update every cell is marked occupied so that early marching
-    covers the whole cube.
+    a 0-d tensor); ``allowed`` [res^3] bool (all True unless ``restrict`` was called) is not saved: the
+    saved bitfield already leaves the disallowed cells out. Before the first update every allowed cell is
+    marked occupied so that early marching covers the whole cube.
     """
 
     def __init__(self, bound: float = 0.06, resolution: int = 128, decay: float = 0.9,
@@ -103,6 +105,7 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("density", torch.zeros(cells, dtype=torch.float32))
         self.register_buffer("bitfield", torch.full((cells // 8,), 255, dtype=torch.uint8))
         self.register_buffer("mean", torch.zeros((), dtype=torch.float32))
+        self.register_buffer("allowed", torch.ones(cells, dtype=torch.bool), persistent=False)
 
     @property
     def num_cells(self) -> int:
@@ -137,16 +140,27 @@ class OccupancyGrid(nn.Module):
         return (xyz + jitter) * (2.0 * self.bound / res) - self.bound
 
     @torch.no_grad()
+    def restrict(self, allowed: torch.Tensor) -> None:
+        """Allow only the cells where ``allowed`` [res^3] bool is True: the others lose their density and
+        bit now and are never evaluated or occupied by later updates."""
+        if allowed.shape != (self.num_cells,) or allowed.dtype != torch.bool:
+            raise ValueError(f"allowed must be [{self.num_cells}] bool, got {tuple(allowed.shape)} {allowed.dtype}")
+        self.allowed.copy_(allowed)
+        self.density.mul_(self.allowed)
+        self.bitfield.copy_(self.bitfield & pack_bitfield(self.allowed.float(), 0.5))
+
+    @torch.no_grad()
     def update(self, density_fn: DensityFn, coeff_sets: torch.Tensor, *, step: int, warmup_steps: int = 256,
                generator: torch.Generator | None = None, chunk: int = DEFAULT_CHUNK) -> None:
         """Re-evaluate densities, decay the old ones, take the max, and repack the bitfield.
 
         density_fn(points [N, 3] float32 world, frame_index [N] int32, coeff_sets [S, K]) -> sigma [N]
         is called with ``frame_index`` selecting a row of ``coeff_sets``; each evaluated cell gets the
-        max over all S rows, at one jittered point per cell. While ``step < warmup_steps`` every cell is
-        evaluated; afterwards res^3/4 uniformly drawn cells plus res^3/4 draws among the occupied
-        cells. Then density = max(decay * density, fresh) (unevaluated cells only decay), mean = the
-        mean of the clamped-positive densities, and the bitfield marks density > min(mean, ceiling).
+        max over all S rows, at one jittered point per cell. While ``step < warmup_steps`` every allowed cell
+        is evaluated; afterwards A/4 uniform draws among the A allowed cells plus A/4 draws among the occupied
+        cells. Then density = max(decay * density, fresh) (unevaluated cells only decay, disallowed ones stay
+        0), mean = the mean of the clamped-positive densities, and the bitfield marks density >
+        min(mean, ceiling).
         Each callback call sees at most ``chunk`` points.
         """
         if coeff_sets.dim() != 2 or coeff_sets.shape[0] < 1:
@@ -164,17 +178,23 @@ class OccupancyGrid(nn.Module):
             best = sigma.reshape(sets, block.shape[0]).float().amax(dim=0).clamp_min(0.0)
             fresh.scatter_reduce_(0, block, best, reduce="amax")
         torch.maximum(self.density * self.decay, fresh, out=self.density)
+        self.density.mul_(self.allowed)
         self.mean.copy_(self.density.clamp_min(0.0).mean())
         self.bitfield.copy_(pack_bitfield(self.density, self.threshold))
 
     def _cells_to_evaluate(self, step: int, warmup_steps: int, generator: torch.Generator | None) -> torch.Tensor:
         device = self.density.device
         n = self.num_cells
+        restricted = not bool(self.allowed.all())
+        allowed = torch.nonzero(self.allowed).squeeze(1) if restricted else None
         if step < warmup_steps:
-            return torch.arange(n, device=device)
-        uniform = torch.randint(n, (n // 4,), generator=generator, device=device)
+            return allowed if restricted else torch.arange(n, device=device)
+        a = allowed.shape[0] if restricted else n
+        uniform = torch.randint(max(a, 1), (a // 4,), generator=generator, device=device)
+        if restricted:
+            uniform = allowed[uniform] if a else uniform[:0]
         occupied = torch.nonzero(self.occupied()).squeeze(1)
         if occupied.numel() == 0:
             return uniform
-        picks = torch.randint(occupied.shape[0], (n // 4,), generator=generator, device=device)
+        picks = torch.randint(occupied.shape[0], (a // 4,), generator=generator, device=device)
         return torch.cat((uniform, occupied[picks]))

@@ -58,3 +58,14 @@ class Samples:
     def num_samples(self) -> int:
         """M, the samples of all rays together."""
         return self.t.shape[0]
+
+    def prefix(self, keep_counts: torch.Tensor) -> "Samples":
+        """The first ``keep_counts[r]`` (<= ray_counts[r]) samples of each ray r, as new flat Samples
+        (keep_counts [R] int). One host sync (the number kept)."""
+        ray = self.ray_index.long()
+        within = torch.arange(self.num_samples, device=self.t.device) - self.ray_offsets.long()[ray]
+        keep = torch.nonzero(within < keep_counts.long()[ray]).squeeze(1)
+        counts = torch.minimum(keep_counts.to(torch.int32), self.ray_counts)
+        offsets = (torch.cumsum(counts, 0, dtype=torch.int32) - counts).to(torch.int32)
+        return Samples(self.positions[keep], self.directions[keep], self.t[keep], self.dt[keep], self.ray_index[keep],
+                       offsets, counts)

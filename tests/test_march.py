@@ -175,11 +175,39 @@ def test_inference_loop_equals_training_path_without_jitter():
     infer = inference.render_rays_inference(origins, directions, frames, field, grid, params, background,
                                         samples_per_round=4, stats=stats)
     twin = ref_inference.render_rays_inference(origins, directions, frames, field, grid, params, background)
-    assert stats["rounds"] > 2 and stats["host_syncs"] == 2 * stats["rounds"] + 1
+    assert stats["rounds"] > 2 and stats["host_syncs"] == stats["rounds"] + 1
+    assert stats["ray_samples"].shape == (origins.shape[0],) and int(stats["ray_samples"].sum()) == stats["samples"]
     assert (train[1] > 0.999).sum() > 20
     for name, a, b, c in zip(("rgb", "opacity", "depth"), infer, train, twin):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
         torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("per_round,cap", [(1, 1024), (3, 1024), (16, 1024), (64, 1024), (8, 5)])
+def test_inference_loop_matches_twin_for_any_round_size_and_step_cap(per_round, cap):
+    grid = _sphere_grid(0.044)
+    origins, directions = _image_rays(12)
+    origins, directions = torch.cat((origins, origins[:2])), torch.cat((directions, -directions[:2]))  # 2 misses
+    frames = torch.arange(origins.shape[0], dtype=torch.int32) % 2
+    background = torch.rand(origins.shape[0], 3, generator=torch.Generator().manual_seed(1))
+    params = _params(early_stop=1e-2, max_steps_per_ray=cap)
+    s = march.march_rays_train(origins, directions, grid, params, jitter=False)
+    for sigma, stops in ((400.0, True), (5.0, False)):  # dense: rays stop early; faint: every marched sample is used
+        field = _sphere_field(sigma, 0.04)
+        stats = {}
+        infer = inference.render_rays_inference(origins, directions, frames, field, grid, params, background,
+                                                samples_per_round=per_round, max_samples_per_round=max(per_round, 8),
+                                                stats=stats)
+        twin = ref_inference.render_rays_inference(origins, directions, frames, field, grid, params, background)
+        for name, a, b in zip(("rgb", "opacity", "depth"), infer, twin):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+        marched = stats["ray_samples"]
+        assert int(marched.sum()) == stats["samples"] and stats["host_syncs"] == stats["rounds"] + 1
+        assert (marched <= s.ray_counts).all() and (marched[-2:] == 0).all()
+        if not stops:
+            assert torch.equal(marched, s.ray_counts)
+        elif cap > 100 and per_round <= 16:  # a long round overshoots the early stop
+            assert int(marched.sum()) < 0.8 * s.num_samples
 
 
 def test_mismatched_grid_is_refused():

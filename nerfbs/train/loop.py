@@ -25,6 +25,7 @@ from nerfbs.errors import Interrupted, UserError
 from nerfbs.images import error_grid, write_png
 from nerfbs.field import BlendShapeField
 from nerfbs.train.plot import write_curves
+from nerfbs.render.carve import silhouette_cells
 from nerfbs.render.image import render_with_truth
 from nerfbs.render.pose import PoseCorrection
 from nerfbs.render.rays import make_occupancy_grid, render_rays_train, update_occupancy
@@ -105,6 +106,13 @@ def occupancy_probes(run: TrainRun) -> torch.Tensor:
     return run.subject.coeffs[rows]
 
 
+def silhouette_grid_cells(subject: Subject, config: Config) -> torch.Tensor:
+    """[res^3] bool: the occupancy cells some training frame sees inside its head mask (``nerfbs.render.carve``)."""
+    rc = config.render
+    frames = ((subject.poses[i], subject.frame(i)[1]) for i in range(subject.num_train))
+    return silhouette_cells(rc.grid_resolution, rc.bound, subject.intrinsics, frames)
+
+
 def _autocast(run: TrainRun):
     enabled = run.config.train.mixed_precision and run.device.type == "cuda"
     return torch.autocast(run.device.type, dtype=torch.float16, enabled=enabled)
@@ -171,7 +179,8 @@ def train_step(run: TrainRun) -> dict[str, float]:
     # one device-to-host copy for all figures (a sync per figure would stall the launch queue each time)
     values = torch.stack([v.detach().float().reshape(()) for v in figures.values()]).tolist()
     result = dict(zip(figures.keys(), values))
-    result.update(lr=lr, samples_per_ray=out.num_samples / max(rays.origins.shape[0], 1))
+    n_rays = max(rays.origins.shape[0], 1)
+    result.update(lr=lr, samples_per_ray=out.num_samples / n_rays, marched_per_ray=out.num_marched / n_rays)
     return result
 
 
@@ -253,6 +262,8 @@ def build_run(config: Config, workspace: Workspace, device: torch.device, *, lpi
     field = BlendShapeField(config.model, bound=config.render.bound).to(device)
     grid = make_occupancy_grid(config.render).to(device)
     poses = PoseCorrection(subject.num_train).to(device) if config.train.pose_refinement else None
+    if config.train.occupancy_mask_carving:
+        grid.restrict(silhouette_grid_cells(subject, config))
     generator = torch.Generator(device=device)
     generator.manual_seed(config.train.seed)
     return TrainRun(config=config, subject=subject, sampler=RaySampler(subject, device), field=field, grid=grid,

@@ -1,0 +1,211 @@
+"""Issue 15 on the GPU: today's recipe and renderer beside the empty-space fix, one subject and variant per call.
+
+``run`` trains --minutes of the default recipe with a variant's settings (LPIPS off, as bench/quality.py; the
+first step's kernel compilation not counted), then measures on the held-out frames: PSNR, samples per ray
+of the inference renderer, and 512x512 frames per second (PNG writing excluded, pixels copied to the host
+as uint8, as ``nerfbs render`` does), batched (8 frames per call) and one frame at a time, with the new
+inference loop and with today's (``bench/baseline_inference.py``), side by side on the same avatar.
+``table`` merges the JSON files of several runs into one table.
+
+    python bench/empty_space.py run --subject SUBJECT --variant today --minutes 5 --test-last 60 --out today.json
+    python bench/empty_space.py run --subject SUBJECT --variant fix --minutes 5 --test-last 60 --out fix.json
+    python bench/empty_space.py table today.json fix.json --out table.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import baseline_inference  # noqa: E402
+from bench.quality import apply_overrides, score_held_out  # noqa: E402
+from nerfbs.config import SMALL_MODEL, SMALL_RENDER, Config, DataConfig, TrainConfig  # noqa: E402
+from nerfbs.render import rays as render_rays_module  # noqa: E402
+from nerfbs.render.image import render_images  # noqa: E402
+from nerfbs.train import loop as train  # noqa: E402
+from nerfbs.train.workspace import Workspace  # noqa: E402
+from taichi_kernels import runtime  # noqa: E402
+
+# Every setting issue 15 touches, spelled out in each variant, so that a variant means the same whatever the
+# defaults are.
+_TODAY = {"train.distortion_weight": "0", "train.occupancy_mask_carving": "0", "render.skip_hidden_samples": "0"}
+VARIANTS = {
+    "today": _TODAY,
+    "carve": {**_TODAY, "train.occupancy_mask_carving": "1"},
+    "skip": {**_TODAY, "render.skip_hidden_samples": "1"},
+    "distortion": {**_TODAY, "train.distortion_weight": "0.01"},
+    "fix": {"train.distortion_weight": "0.01", "train.occupancy_mask_carving": "1", "render.skip_hidden_samples": "1"},
+}
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _to_host(images) -> np.ndarray:
+    return (images.rgb.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def frames_per_second(model, frames: list[int], batch: int, samples_per_round: int | None = None,
+                      repeats: int = 1) -> dict:
+    """Render the frames ``repeats`` times in batches of ``batch`` after one warm-up batch; frames/s and the
+    median milliseconds per call. Pixels reach the host as uint8."""
+    s = model.subject
+    background = s.background.float() / 255.0
+    poses, coeffs = s.poses[frames], s.coeffs[frames]
+
+    def call(i: int) -> None:
+        j = slice(i, i + batch)
+        _to_host(render_images(model.field, model.grid, model.config.render, poses[j], s.intrinsics, coeffs[j],
+                               background, samples_per_round=samples_per_round))
+
+    call(0)
+    times, count = [], 0
+    for _ in range(repeats):
+        for i in range(0, len(frames), batch):
+            sync()
+            t0 = time.perf_counter()
+            call(i)
+            sync()
+            times.append(time.perf_counter() - t0)
+            count += len(frames[i:i + batch])
+    return {"fps": count / sum(times), "median_ms_per_call": 1000 * statistics.median(times), "frames": count,
+            "batch": batch}
+
+
+def _today_loop(origins, directions, ray_frame, field_fn, grid, params, background, *, samples_per_round=8,
+                max_samples_per_round=64, stats=None):
+    """Today's inference loop behind the new loop's signature (always 8 samples per first round, as today)."""
+    run: dict = {}
+    out = baseline_inference.render_rays_inference(origins, directions, ray_frame, field_fn, grid, params, background,
+                                                   stats=run)
+    if stats is not None:
+        stats.update(rounds=run["rounds"], host_syncs=run["host_syncs"], samples=run["sample_slots"],
+                     ray_samples=torch.zeros(0, dtype=torch.int32, device=origins.device))
+    return out
+
+
+def render_figures(model, frames: list[int], repeats: int) -> dict:
+    """Samples per ray of the held-out renders and frames/s of both loops, batched and one frame at a time."""
+    s = model.subject
+    stats: dict = {}
+    background = s.background.float() / 255.0
+    for i in range(0, len(frames), 8):
+        j = frames[i:i + 8]
+        part: dict = {}
+        render_images(model.field, model.grid, model.config.render, s.poses[j], s.intrinsics, s.coeffs[j], background,
+                      stats=part)
+        stats["samples"] = stats.get("samples", 0) + part["samples"]
+        stats["rays"] = stats.get("rays", 0) + part["ray_samples"].numel()
+        stats["marching_rays"] = stats.get("marching_rays", 0) + int((part["ray_samples"] > 0).sum())
+        stats["rounds"] = stats.get("rounds", 0) + part["rounds"]
+    out = {"samples_per_pixel": stats["samples"] / max(stats["rays"], 1),
+           "samples_per_marching_ray": stats["samples"] / max(stats["marching_rays"], 1),
+           "rounds_per_batch_of_8": stats["rounds"] / max((len(frames) + 7) // 8, 1)}
+    out["new_batch8"] = frames_per_second(model, frames, 8, repeats=repeats)
+    for spr in (8, 16, 32):
+        out[f"new_single_spr{spr}"] = frames_per_second(model, frames, 1, samples_per_round=spr, repeats=repeats)
+    out["new_single_default"] = frames_per_second(model, frames, 1, repeats=repeats)
+    saved = render_rays_module.render_rays_inference
+    render_rays_module.render_rays_inference = _today_loop
+    try:
+        out["today_batch8"] = frames_per_second(model, frames, 8, repeats=repeats)
+        out["today_single"] = frames_per_second(model, frames, 1, repeats=repeats)
+    finally:
+        render_rays_module.render_rays_inference = saved
+    return out
+
+
+def run(args) -> None:
+    device = runtime.torch_device()
+    config = Config(data=DataConfig(subject=args.subject, test_last=args.test_last),
+                    train=TrainConfig(steps=10 ** 9, minutes=args.minutes, validate_every=10 ** 9, checkpoint_every=10 ** 9,
+                                      use_lpips=False))
+    if args.model == "small":
+        config = config.replace(model=SMALL_MODEL, render=SMALL_RENDER)
+    config = apply_overrides(config, [f"{k}={v}" for k, v in VARIANTS[args.variant].items()] + args.set)
+    ws = Workspace(Path(args.workspace or f"/tmp/nerfbs-empty-space/{Path(args.subject).name}-{args.variant}"))
+    model = train.prepare_run(config, ws, device, resume_from=None, lpips_loader=lambda needed: None)
+    first = {}
+
+    def on_step(step: int, figures: dict) -> None:
+        if step == 1:
+            first["compile_s"] = figures["ms_per_step"] / 1000.0
+            model.elapsed_before -= first["compile_s"]
+
+    train.train(model, on_step=on_step, log_every=50)
+    rows = [r for r in ws.read_metrics() if "samples_per_ray" in r]
+    tail = rows[-max(len(rows) // 5, 1):]
+    report = {"subject": args.subject, "variant": args.variant, "settings": VARIANTS[args.variant], "extra": args.set,
+              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "steps": model.step,
+              "train_seconds": model.elapsed, "compile_seconds": first.get("compile_s"),
+              "steps_per_second": model.step / max(model.elapsed, 1e-9),
+              "train_samples_per_ray": float(np.mean([r["samples_per_ray"] for r in tail])),
+              "train_marched_per_ray": float(np.mean([r.get("marched_per_ray", r["samples_per_ray"]) for r in tail])),
+              "occupied_share": float(np.mean([r["occupancy"] for r in tail])),
+              "history": [{k: r[k] for k in ("step", "samples_per_ray", "occupancy") if k in r} for r in rows[::10]]}
+    model.field.eval()
+    report["held_out"] = {region: v for region, v in score_held_out(model).items()}
+    frames = [int(i) for i in model.subject.test_indices][: args.render_frames or None]
+    report["render"] = render_figures(model, frames, args.repeats)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print_table([report])
+
+
+def _row(r: dict) -> list[str]:
+    rd = r["render"]
+    return [Path(r["subject"]).name, r["variant"], f"{r['steps_per_second']:.1f}",
+            f"{r['train_samples_per_ray']:.1f} / {r['train_marched_per_ray']:.1f}", f"{100 * r['occupied_share']:.1f}",
+            f"{r['held_out']['full']['psnr']:.2f}", f"{rd['samples_per_pixel']:.1f} / {rd['samples_per_marching_ray']:.1f}",
+            f"{rd['new_batch8']['fps']:.0f} / {rd['today_batch8']['fps']:.0f}",
+            f"{rd['new_single_default']['fps']:.0f} / {rd['today_single']['fps']:.0f}",
+            " ".join(f"{rd[f'new_single_spr{k}']['fps']:.0f}" for k in (8, 16, 32))]
+
+
+def print_table(reports: list[dict]) -> None:
+    head = ["subject", "variant", "steps/s", "train samples/ray (grad / marched)", "occupied %", "held-out PSNR",
+            "render samples/pixel (/ marching ray)", "fps batch 8 new / today", "fps single new / today",
+            "single fps spr 8 16 32"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_row(r)) + " |" for r in reports]
+    print("\n".join(lines), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--subject", required=True)
+    r.add_argument("--variant", required=True, choices=sorted(VARIANTS))
+    r.add_argument("--minutes", type=float, default=5.0)
+    r.add_argument("--test-last", type=int, default=60)
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    r.add_argument("--repeats", type=int, default=1, help="passes over the held-out frames per frames/s figure")
+    r.add_argument("--render-frames", type=int, default=0, help="held-out frames rendered for the speed figures (0: all)")
+    r.add_argument("--model", default="original", choices=("original", "small"), help="small: a CPU check")
+    r.add_argument("--workspace", default="")
+    r.add_argument("--out", required=True)
+    t = sub.add_parser("table")
+    t.add_argument("reports", nargs="+")
+    t.add_argument("--out", default="")
+    args = ap.parse_args()
+    if args.command == "run":
+        run(args)
+    else:
+        reports = [json.loads(Path(p).read_text()) for p in args.reports]
+        print_table(reports)
+        if args.out:
+            Path(args.out).write_text(json.dumps([{k: v for k, v in r.items() if k != "history"} for r in reports], indent=1))
+
+
+if __name__ == "__main__":
+    main()
