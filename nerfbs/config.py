@@ -131,6 +131,7 @@ class TrainConfig:
     # (0.06 from the centre) by about 0.2 px. The learning rates are Adam's step sizes (about the largest change
     # per step) and decay with the field's; a frame gets a gradient only on the steps that draw it.
     pose_refinement: bool = True
+    pose_refinement_from: float = 0.2  # share of the training (steps or minutes) before the corrections start
     pose_rotation_lr: float = 2e-4  # radians per step (0.011 degrees)
     pose_translation_lr: float = 1.2e-5  # world units per step: the rotation's rate at the box's half-width
     # Weight of the penalty mean_b(|rotation_b|^2 + |translation_b / bound|^2) over the step's frames b, added to
