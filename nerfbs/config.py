@@ -133,10 +133,12 @@ class TrainConfig:
     pose_refinement: bool = True
     pose_refinement_from: float = 0.2  # share of the training (steps or minutes) before the corrections start
     pose_rotation_lr: float = 2e-4  # radians per step (0.011 degrees)
-    pose_translation_lr: float = 1.2e-5  # world units per step: the rotation's rate at the box's half-width
+    # world units per step: 3x the rotation's rate at the box's half-width (0.06 x 2e-4); the image pins a sideways
+    # shift better than a turn about the head (CPU study in docs/PERF.md, "Session 6")
+    pose_translation_lr: float = 3.6e-5
     # Weight of the penalty mean_b(|rotation_b|^2 + |translation_b / bound|^2) over the step's frames b, added to
     # the loss (the L1 colour loss is about 0.02-0.1): it keeps corrections the images do not ask for small.
-    pose_penalty: float = 0.1
+    pose_penalty: float = 1.0
 
 
 @dataclass(frozen=True)
