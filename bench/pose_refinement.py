@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import render, score_held_out  # noqa: E402
 from nerfbs.config import SMALL_MODEL, SMALL_RENDER, Config, DataConfig, TrainConfig  # noqa: E402
-from nerfbs.data.subject import Subject, load_subject  # noqa: E402
+from nerfbs.data.subject import Subject  # noqa: E402
 from nerfbs.evaluate import report as evaluate  # noqa: E402
 from nerfbs.render.pose import correct_poses  # noqa: E402
 from nerfbs.train import loop as train  # noqa: E402
@@ -80,14 +80,29 @@ def score_training_frames(run: train.TrainRun, count: int = 20) -> float:
     return result.mean()["full"]["psnr"]
 
 
-def train_mode(subject: Subject, config: Config, workspace: Path, device: torch.device, truth: torch.Tensor | None,
-               marks: list[float]) -> dict:
-    """Train one mode for the config's minutes (the first step's compilation and evaluations not counted)."""
+def perturbed_run(config: Config, workspace: Path, device: torch.device, noise: tuple[float, float]
+                  ) -> tuple[train.TrainRun, torch.Tensor | None]:
+    """A fresh run of ``config`` whose training cameras are perturbed by ``noise`` (degrees, pixels; see
+    ``perturb_training_poses``, same seed every time), and the true training cameras [n, 4, 4] (None without
+    noise)."""
     ws = Workspace(workspace)
     ws.create()
     for old in (ws.latest, ws.metrics):
         old.unlink(missing_ok=True)
-    run = train.build_run(config, ws, device, lpips=None, subject=subject)
+    run = train.build_run(config, ws, device, lpips=None)
+    if not any(noise):
+        return run, None
+    subject = run.subject
+    truth = subject.poses[:subject.num_train].cpu().clone()
+    perturb_training_poses(subject, *noise)
+    run.sampler.poses = subject.poses.to(run.sampler.device)
+    return run, truth
+
+
+def train_mode(run: train.TrainRun, truth: torch.Tensor | None, marks: list[float]) -> dict:
+    """Train the run for its config's minutes or steps (the first step's compilation and evaluations not
+    counted); its figures."""
+    config, subject = run.config, run.subject
     curve: list[dict] = []
 
     def on_step(step: int, figures: dict) -> None:
@@ -98,7 +113,7 @@ def train_mode(subject: Subject, config: Config, workspace: Path, device: torch.
             scores = score_held_out(run)
             run.elapsed_before -= time.perf_counter() - t
             curve.append({"minutes": marks.pop(0), "step": step,
-                          **{f"{r}_psnr": round(scores[r]["psnr"], 3) for r in scores}})
+                          **{f"{r}_psnr": scores[r]["psnr"] for r in scores}})
             print(json.dumps({"pose_refinement": config.train.pose_refinement, **curve[-1]}), flush=True)
 
     train.train(run, on_step=on_step, log_every=500)
@@ -130,14 +145,12 @@ def cpu_step_time(steps: int) -> dict:
     folder = Path("/tmp/nerfbs-poses-cpu")
     if not (folder / "transforms.json").is_file():
         synthesize(folder, frames=40, size=128, coeffs=46, seed=0, device=device)
-    subject = load_subject(folder, test_last=5, device=device)
     rows: dict[str, list[dict]] = {"off": [], "on": []}
     for mode in ("off", "on", "off", "on"):
         config = Config(data=DataConfig(subject=str(folder), test_last=5), model=SMALL_MODEL, render=SMALL_RENDER,
                         train=TrainConfig(steps=steps, lr=5e-3, use_lpips=False, validate_every=10 ** 9,
                                           checkpoint_every=10 ** 9, pose_refinement=mode == "on"))
-        run = train.build_run(config, Workspace(Path(f"/tmp/nerfbs-poses-cpu-{mode}")), device, lpips=None,
-                              subject=subject)
+        run, _ = perturbed_run(config, Path(f"/tmp/nerfbs-poses-cpu-{mode}"), device, (0.0, 0.0))
         wall, cpu = [], []
         for _ in range(steps):
             t0, c0 = time.perf_counter(), time.process_time()
@@ -183,13 +196,6 @@ def main() -> None:
         folder = f"{args.workspace}-synth"
         if not (Path(folder) / "transforms.json").is_file():
             synthesize(folder, frames=600, size=512, coeffs=46, seed=0, device=device)
-    subject = load_subject(folder, test_last=args.test_last, device=device)
-    truth = None
-    if args.pose_noise_deg > 0 or args.pose_noise_px > 0:
-        truth = subject.poses[:subject.num_train].cpu().clone()
-        perturb_training_poses(subject, args.pose_noise_deg, args.pose_noise_px)
-        report["pose_error_before"] = pose_errors(subject.poses[:subject.num_train].cpu(), truth, subject.fx)
-        print(json.dumps({"pose_error_before": report["pose_error_before"]}), flush=True)
     base = Config(data=DataConfig(subject=str(folder), test_last=args.test_last),
                   train=TrainConfig(steps=args.steps, minutes=args.minutes, validate_every=10 ** 9,
                                     checkpoint_every=10 ** 9, use_lpips=False))
@@ -203,7 +209,13 @@ def main() -> None:
             raise SystemExit(f"--modes: off or on, got {mode}")
         config = base.replace(train=dataclasses.replace(base.train, pose_refinement=mode == "on"))
         marks = [float(m) for m in args.marks.split(",") if m]
-        result = train_mode(subject, config, Path(f"{args.workspace}-{mode}"), device, truth, marks)
+        run, truth = perturbed_run(config, Path(f"{args.workspace}-{mode}"), device,
+                                   (args.pose_noise_deg, args.pose_noise_px))
+        if truth is not None and "pose_error_before" not in report:
+            report["pose_error_before"] = pose_errors(run.subject.poses[:run.subject.num_train].cpu(), truth,
+                                                      run.subject.fx)
+            print(json.dumps({"pose_error_before": report["pose_error_before"]}), flush=True)
+        result = train_mode(run, truth, marks)
         report["runs"].append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
     Path(args.out).write_text(json.dumps(report, indent=1))

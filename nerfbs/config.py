@@ -131,8 +131,11 @@ class TrainConfig:
     # (0.06 from the centre) by about 0.2 px. The learning rates are Adam's step sizes (about the largest change
     # per step) and decay with the field's; a frame gets a gradient only on the steps that draw it.
     pose_refinement: bool = True
-    # Rates measured on the GPU (docs/PERF.md, session 6): 2e-4 / 1.2e-5 cost 0.7 dB of held-out face score on d10
-    # and 1.4 dB on katie (each frame's Adam steps wander); a tenth of that is neutral (+0.01 dB on d10).
+    # The defaults are the settings measured on the GPU (docs/PERF.md, session 6): rates of 2e-4 / 1.2e-5 cost 0.7 dB
+    # of held-out face score on d10 and 1.4 dB on katie (each frame's Adam steps wander); a tenth of them is neutral
+    # (+0.01 dB on d10), with the penalty at 0.1 and corrections from the start. A CPU study preferred a later start
+    # (pose_refinement_from 0.2), a 3x translation rate and a penalty of 1.0; the GPU has not measured that yet.
+    pose_refinement_from: float = 0.0  # share of the training (steps or minutes) before the corrections start
     pose_rotation_lr: float = 2e-5  # radians per step (0.0011 degrees)
     pose_translation_lr: float = 1.2e-6  # world units per step: the rotation's rate at the box's half-width
     # Weight of the penalty mean_b(|rotation_b|^2 + |translation_b / bound|^2) over the step's frames b, added to

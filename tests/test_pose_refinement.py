@@ -184,6 +184,19 @@ def test_corrections_are_saved_restored_on_resume_and_applied_to_the_avatar(tiny
     assert torch.equal(avatar.subject.poses[n:], tracked[n:])  # held-out frames keep their tracked cameras
 
 
+def test_corrections_start_at_pose_refinement_from(tiny_run, tmp_path):
+    config = _config(tiny_run.subject, 4, pose_refinement_from=0.5, pose_rotation_lr=1e-2)
+    run = train.prepare_run(config, Workspace(tmp_path / "w"), torch.device("cpu"), resume_from=None,
+                            lpips_loader=NO_LPIPS)
+    for _ in range(2):
+        figures = train.train_step(run)
+    assert run.poses.rotation.abs().sum() == 0 and "pose_penalty" not in figures
+    assert not run.optimizer.state.get(run.poses.rotation)  # no gradient yet: Adam left it alone
+    for _ in range(2):
+        figures = train.train_step(run)
+    assert run.poses.rotation.abs().sum() > 0 and "pose_penalty" in figures
+
+
 def _as_version_1(path, out):
     """A checkpoint as nerfbs wrote it before pose refinement: version 1, no ``poses``, no pose config keys."""
     payload = torch.load(path, weights_only=True)

@@ -130,12 +130,16 @@ def train_step(run: TrainRun) -> dict[str, float]:
                               mouth_fraction=cfg.mouth_ray_fraction, generator=run.generator, train_frames=True,
                               subpixel=cfg.subpixel_rays)
     coeffs = subject.coeffs[frames]  # [B, K]
-    decay = lr_decay(cfg, training_fraction(cfg, step, run.elapsed))
+    fraction = training_fraction(cfg, step, run.elapsed)
+    decay = lr_decay(cfg, fraction)
     lr = cfg.lr * decay
     for group in run.optimizer.param_groups:
         group["lr"] = group["base_lr"] * decay
+    # Before pose_refinement_from the corrections are zero and left out (no gradient, no cost): a blurry field's
+    # noisy gradients would set them wandering, and the field would then fit the wandered cameras.
+    refine = run.poses is not None and fraction >= cfg.pose_refinement_from
     origins, directions = rays.origins, rays.directions
-    if run.poses is not None:
+    if refine:
         origins, directions = run.poses.correct_rays(origins, directions, frames, rays.frame_slot)
 
     with _autocast(run):
@@ -145,7 +149,7 @@ def train_step(run: TrainRun) -> dict[str, float]:
         color_loss = (out.rgb - rays.rgb).abs().mean()
         loss = color_loss
         figures = {"color_loss": color_loss}
-        if run.poses is not None and cfg.pose_penalty > 0:
+        if refine and cfg.pose_penalty > 0:
             pose_penalty = run.poses.penalty(frames, run.config.render.bound)
             loss = loss + cfg.pose_penalty * pose_penalty
             figures["pose_penalty"] = pose_penalty
@@ -162,7 +166,7 @@ def train_step(run: TrainRun) -> dict[str, float]:
             loss = loss + cfg.distortion_weight * distortion
             figures["distortion"] = distortion
         if run.lpips is not None and step >= cfg.lpips_from_step:
-            patch_loss = _patch_loss(run, frames[0], "mouth" if step % 2 == 0 else "face")
+            patch_loss = _patch_loss(run, frames[0], "mouth" if step % 2 == 0 else "face", refine)
             loss = loss + patch_loss
             figures["patch_loss"] = patch_loss
 
@@ -170,7 +174,7 @@ def train_step(run: TrainRun) -> dict[str, float]:
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)
     run.scaler.update()
-    if run.poses is not None:
+    if refine:
         run.poses.recenter_()
     run.step += 1
 
@@ -184,14 +188,14 @@ def train_step(run: TrainRun) -> dict[str, float]:
     return result
 
 
-def _patch_loss(run: TrainRun, frame: torch.Tensor, rect: str) -> torch.Tensor:
+def _patch_loss(run: TrainRun, frame: torch.Tensor, rect: str, refine: bool) -> torch.Tensor:
     """LPIPS (+ 0.1 x L1) on a rendered 32x32 patch inside the mouth or face rectangle, weighted as the original."""
     cfg = run.config.train
     p = cfg.lpips_patch
     rays = run.sampler.sample_patch(frame, rect, size=p, generator=run.generator, train_frames=True)
     coeffs = run.subject.coeffs[frame].unsqueeze(0)
     origins, directions = rays.origins, rays.directions
-    if run.poses is not None:
+    if refine:
         origins, directions = run.poses.correct_rays(origins, directions, frame.reshape(1), rays.frame_slot)
     out = render_rays_train(run.field, run.grid, run.config.render, origins, directions, rays.frame_slot,
                             coeffs, rays.background, generator=run.generator)
