@@ -29,7 +29,6 @@ class Silent:
 
     def message(self, text: str) -> None:
         """Discard the line."""
-        pass
 
     @contextmanager
     def stage(self, name: str, total: int | None = None) -> Iterator[Update]:
