@@ -15,6 +15,9 @@ from taichi_kernels.grid_layout import GridConfig
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The field's architecture: the hash grid, the density and colour MLPs' widths and depths, the view
+    encoding's spherical-harmonics degree and the half-width of the hash tables' uniform initialisation."""
+
     grid: GridConfig = field(default_factory=GridConfig)
     density_hidden: int = 64
     density_layers: int = 4
@@ -47,10 +50,12 @@ class RenderConfig:
 
     @property
     def min_step(self) -> float:
+        """Smallest marching step in world units: the box diagonal (2 sqrt(3) bound) over 2048."""
         return 2.0 * math.sqrt(3.0) * self.bound / 2048
 
     @property
     def max_step(self) -> float:
+        """Largest marching step in world units: about one occupancy-grid cell, 2 bound / (grid_resolution - 1)."""
         return 2.0 * self.bound / (self.grid_resolution - 1)
 
 
@@ -88,6 +93,9 @@ def model_preset_name(config: "Config") -> str:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """Which subject to load and how: its folder, the last ``test_last`` frames held out, streaming frames from
+    disk instead of holding them in memory, and the neutral-face ablation."""
+
     subject: str = ""
     test_last: int = 500
     stream_from_disk: bool = False
@@ -96,6 +104,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The training recipe: step and time budget, ray batches, learning rates, loss weights and schedules,
+    occupancy refresh, validation and checkpoint intervals, seed and pose refinement."""
+
     steps: int = 30000
     minutes: float = 0.0  # 0: no wall-clock budget
     rays_per_image: int = 1024
@@ -145,12 +156,15 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration: data, model, render and train sections (saved in every checkpoint)."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as nested plain dicts (JSON-ready; ``from_dict`` reads it back)."""
         return dataclasses.asdict(self)
 
     @classmethod
@@ -160,6 +174,7 @@ class Config:
         return _build(cls, d)
 
     def replace(self, **sections: Any) -> "Config":
+        """A copy with whole sections replaced, e.g. ``config.replace(train=TrainConfig(steps=100))``."""
         return dataclasses.replace(self, **sections)
 
 

@@ -28,10 +28,11 @@ class Silent:
     """A ``Reporter`` that shows nothing."""
 
     def message(self, text: str) -> None:
-        pass
+        """Discard the line."""
 
     @contextmanager
     def stage(self, name: str, total: int | None = None) -> Iterator[Update]:
+        """A stage whose updates are discarded."""
         yield lambda done, total=None, **figures: None
 
 

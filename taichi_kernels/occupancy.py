@@ -36,6 +36,7 @@ def cell_of(p, res, bound):
 
 @ti.func
 def cell_index(c, res):
+    """Flat index of integer cell ``c`` (vec3, x fastest) in a ``res^3`` grid."""
     return c[0] + res * (c[1] + res * c[2])
 
 
@@ -109,10 +110,12 @@ class OccupancyGrid(nn.Module):
 
     @property
     def num_cells(self) -> int:
+        """res^3, the number of cells."""
         return self.resolution ** 3
 
     @property
     def mean_density(self) -> float:
+        """The mean density of the cells (negative values counted as 0) at the last update."""
         return float(self.mean)
 
     @property
@@ -122,6 +125,7 @@ class OccupancyGrid(nn.Module):
 
     @property
     def occupancy_fraction(self) -> float:
+        """The share of occupied cells in [0, 1] (a host sync; ``occupied_share`` avoids it)."""
         return float(self.occupied_share())
 
     def occupied_share(self) -> torch.Tensor:

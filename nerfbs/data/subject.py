@@ -94,18 +94,22 @@ class Subject:
 
     @property
     def fx(self) -> float:
+        """Horizontal focal length in pixels."""
         return self.intrinsics.fx
 
     @property
     def fy(self) -> float:
+        """Vertical focal length in pixels."""
         return self.intrinsics.fy
 
     @property
     def cx(self) -> float:
+        """Principal point x in pixels."""
         return self.intrinsics.cx
 
     @property
     def cy(self) -> float:
+        """Principal point y in pixels."""
         return self.intrinsics.cy
 
     @property
@@ -115,10 +119,12 @@ class Subject:
 
     @property
     def train_indices(self) -> torch.Tensor:
+        """[num_train] int64 frame indices of the training frames, on the device."""
         return torch.arange(self.num_train, device=self.device)
 
     @property
     def test_indices(self) -> torch.Tensor:
+        """[N - num_train] int64 frame indices of the held-out frames, on the device."""
         return torch.arange(self.num_train, self.num_frames, device=self.device)
 
     def frame(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,7 @@ class Evaluation:
     rows: list[dict] = field(default_factory=list)
 
     def mean(self) -> dict[str, dict[str, float]]:
+        """Per region, the mean PSNR (dB), SSIM and LPIPS over the frames that have each (None when none has)."""
         out: dict[str, dict[str, float]] = {}
         for region in REGIONS:
             out[region] = {}
@@ -37,9 +38,11 @@ class Evaluation:
         return out
 
     def to_json(self) -> dict:
+        """The JSON report: frame count, per-region means and the per-frame rows."""
         return {"frames": len(self.rows), "mean": self.mean(), "per_frame": self.rows}
 
     def markdown(self) -> str:
+        """The means as a Markdown table (one row per region) with a note on the face-hull score."""
         mean = self.mean()
         lines = [f"Held-out frames: {len(self.rows)}", "", "| region | PSNR (dB) | SSIM | LPIPS |", "| --- | ---: | ---: | ---: |"]
         for region in REGIONS:

@@ -47,14 +47,17 @@ class Avatar:
 
     @property
     def device(self) -> torch.device:
+        """The device the subject's tensors (and the field) live on."""
         return self.subject.device
 
     @property
     def num_coeffs(self) -> int:
+        """K, the tracked coefficient count (without the neutral)."""
         return int(self.coeff_min.shape[0])
 
     @cached_property
     def sampler(self) -> RaySampler:
+        """A ``RaySampler`` over the subject, made on first use."""
         return RaySampler(self.subject, self.device)
 
     @property

@@ -74,6 +74,7 @@ class Crop:
 
     @property
     def zoom(self) -> float:
+        """Scale from video pixels to crop pixels: size / side."""
         return self.size / self.side
 
     def to_crop(self, pixels: np.ndarray) -> np.ndarray:
@@ -81,6 +82,8 @@ class Crop:
         return (pixels + 0.5 - np.array([self.x0, self.y0])) * self.zoom - 0.5
 
     def apply(self, rgb: np.ndarray) -> np.ndarray:
+        """The crop of a video frame [H, W, 3] uint8 -> [size, size, 3] uint8 (area resampling when shrinking, cubic
+        when enlarging)."""
         window = rgb[self.y0:self.y0 + self.side, self.x0:self.x0 + self.side]
         interp = cv2.INTER_AREA if self.side > self.size else cv2.INTER_CUBIC
         return cv2.resize(np.ascontiguousarray(window), (self.size, self.size), interpolation=interp)
@@ -93,6 +96,8 @@ def video_camera(width: int, height: int, fov_degrees: float) -> Camera:
 
 
 def crop_camera(video: Camera, crop: Crop) -> Camera:
+    """The crop's intrinsics: the video camera's focal lengths scaled by the zoom, its principal point moved into the
+    crop."""
     cx, cy = crop.to_crop(np.array([video.cx, video.cy]))
     return Camera(fx=video.fx * crop.zoom, fy=video.fy * crop.zoom, cx=float(cx), cy=float(cy), size=crop.size)
 

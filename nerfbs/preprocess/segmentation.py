@@ -44,6 +44,7 @@ class Segmenter:
         self._task = open_task(SEGMENTER, Path(model), lambda: vision.ImageSegmenter.create_from_options(options))
 
     def person(self, rgb: np.ndarray) -> np.ndarray:
+        """Person confidence [H, W] float32 in [0, 1] of an RGB uint8 image [H, W, 3]."""
         image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
         masks = self._task.segment(image).confidence_masks
         conf = masks[0].numpy_view().reshape(rgb.shape[:2])
@@ -51,6 +52,7 @@ class Segmenter:
         return np.clip(conf, 0.0, 1.0).astype(np.float32)
 
     def close(self) -> None:
+        """Release the MediaPipe task."""
         self._task.close()
 
     def __enter__(self) -> "Segmenter":

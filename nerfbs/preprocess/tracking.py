@@ -80,6 +80,8 @@ def _pb_fields(buf: bytes) -> dict[int, list[bytes]]:
 # ------------------------------------------------------------------------------------------- decoding
 @dataclass(frozen=True)
 class VideoInfo:
+    """A video's frame size (pixels), frame rate (frames per second) and estimated frame count."""
+
     width: int
     height: int
     fps: float
@@ -142,6 +144,7 @@ class Track:
 
     @property
     def num_dropped(self) -> int:
+        """Decoded frames in which the landmarker found no face."""
         return self.num_decoded - len(self.frame_index)
 
 

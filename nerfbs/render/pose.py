@@ -59,6 +59,7 @@ class PoseCorrection(nn.Module):
 
     @property
     def num_frames(self) -> int:
+        """F, the number of frames corrected."""
         return self.rotation.shape[0]
 
     def correct_rays(self, origins: torch.Tensor, directions: torch.Tensor, frames: torch.Tensor,

@@ -19,6 +19,9 @@ from taichi_kernels.occupancy import OccupancyGrid
 
 @dataclass
 class RenderOutput:
+    """A training render of R rays: colour, opacity and depth (ray distance in world units) per ray, the sample
+    counts, and the per-ray distortion when asked for."""
+
     rgb: torch.Tensor  # [R, 3] composited over the per-ray background
     opacity: torch.Tensor  # [R]
     depth: torch.Tensor  # [R]
@@ -28,6 +31,7 @@ class RenderOutput:
 
 
 def make_occupancy_grid(config: RenderConfig) -> OccupancyGrid:
+    """An empty occupancy grid of the render config's box, resolution and threshold ceiling."""
     return OccupancyGrid(bound=config.bound, resolution=config.grid_resolution,
                          threshold_ceiling=config.density_threshold_ceiling)
 

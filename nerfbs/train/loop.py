@@ -56,10 +56,12 @@ class TrainRun:
 
     @property
     def device(self) -> torch.device:
+        """The device the run's tensors live on (the subject's)."""
         return self.subject.coeffs.device
 
     @property
     def elapsed(self) -> float:
+        """Training seconds so far, including those before a resume."""
         return self.elapsed_before + (time.perf_counter() - self.started)
 
 
@@ -220,11 +222,15 @@ def validate(run: TrainRun) -> dict[str, float]:
 
 
 def expression_stats(subject: Subject) -> dict:
+    """The subject's coefficient statistics a checkpoint stores: ``num_coeffs`` (K), ``coeff_min`` and
+    ``coeff_max`` [K] float32 on the CPU, and ``coeff_names``."""
     return {"num_coeffs": subject.num_coeffs, "coeff_min": subject.coeff_min.cpu(),
             "coeff_max": subject.coeff_max.cpu(), "coeff_names": list(subject.coeff_names or [])}
 
 
 def save(run: TrainRun, path: Path) -> Path:
+    """Write the run's full state (model, occupancy, optimizer, scaler, RNG, elapsed time, pose corrections) to a
+    checkpoint at ``path``; returns what ``save_checkpoint`` returns."""
     return ckpt.save_checkpoint(
         path, config=run.config, step=run.step, model=run.field.state_dict(), occupancy=run.grid.state_dict(),
         optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(), expressions=expression_stats(run.subject),

@@ -49,6 +49,7 @@ class Vgg16Slices(nn.Module):
             start = end
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The features at the five cuts of x [B, 3, H, W], shallowest first."""
         outs = []
         for s in range(1, len(SLICE_ENDS) + 1):
             x = getattr(self, f"slice{s}")(x)
@@ -79,6 +80,7 @@ class LpipsVgg(nn.Module):
             self.add_module(f"lin{k}", _Linear(channels))
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        """LPIPS distances [B, 1, 1, 1] between x0 and x1 [B, 3, H, W] in [-1, 1]."""
         f0 = self.net((x0 - self.shift) / self.scale)
         f1 = self.net((x1 - self.shift) / self.scale)
         total = 0.0

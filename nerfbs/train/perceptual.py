@@ -99,6 +99,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
     _CONTAINERS = {("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("collections", "OrderedDict")}
 
     def find_class(self, module: str, name: str):
+        """The numpy array constructors and plain containers allowed; UnpicklingError for any other global."""
         if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in self._MULTIARRAY:
             return _numpy_global(name)
         if module == "numpy" and name in ("ndarray", "dtype"):
@@ -108,6 +109,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays and plain containers")
 
     def persistent_load(self, pid):
+        """Always UnpicklingError: weights files hold no persistent ids."""
         raise pickle.UnpicklingError("refusing a persistent id: only numpy arrays and plain containers")
 
 
@@ -221,9 +223,12 @@ class Lpips(torch.nn.Module):
         self.train(False)
 
     def train(self, mode: bool = True) -> "Lpips":
+        """Stay in eval mode whatever ``mode`` says (no dropout); returns self."""
         return super().train(False)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """LPIPS distances [B] between pred and target [B, 3, H, W] in [0, 1] (ValueError on other shapes or
+        images under 16x16)."""
         if pred.shape != target.shape or pred.dim() != 4 or pred.shape[1] != 3:
             raise ValueError(f"LPIPS takes two [B, 3, H, W] images of one shape, got {tuple(pred.shape)} "
                              f"and {tuple(target.shape)}")
