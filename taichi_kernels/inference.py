@@ -15,7 +15,7 @@ import torch
 
 from taichi_kernels import runtime
 from taichi_kernels.composite import weight_and_transmittance
-from taichi_kernels.march import check_grid, check_rays, next_sample_in_grid, ray_box_interval
+from taichi_kernels.march import check_grid, check_rays, grid_stepper, ray_box_interval
 from taichi_kernels.occupancy import OccupancyGrid
 from taichi_kernels.samples import FieldFn, MarchParams
 
@@ -25,12 +25,8 @@ def _kernels(res: int, params: MarchParams):
     """The round kernels (the first intersects the box, later ones composite) with the grid resolution and
     ``params`` compiled in: constants instead of scalar arguments, since each argument costs host time."""
     bound, near_min = float(params.bound), float(params.near_min)
-    min_step, max_step, growth = float(params.min_step), float(params.max_step), float(params.step_growth)
     max_steps, early_stop = int(params.max_steps_per_ray), float(params.early_stop)
-
-    @ti.func
-    def next_sample(o, d, t, far, bitfield: ti.template()):
-        return next_sample_in_grid(o, d, t, far, bitfield, res, bound, min_step, max_step, growth)
+    next_sample = grid_stepper(res, params)
 
     def make_round(first: bool):
         @ti.kernel

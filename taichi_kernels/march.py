@@ -92,6 +92,19 @@ def _aabb_kernel():
     return aabb
 
 
+def grid_stepper(res: int, params: MarchParams):
+    """``next_sample(o, d, t, far, bitfield)``, the marching step of ``next_sample_in_grid`` as a ``ti.func`` with
+    the grid resolution and ``params`` compiled in: shared by training marching and the inference loop."""
+    bound, growth = float(params.bound), float(params.step_growth)
+    min_step, max_step = float(params.min_step), float(params.max_step)
+
+    @ti.func
+    def next_sample(o, d, t, far, bitfield: ti.template()):
+        return next_sample_in_grid(o, d, t, far, bitfield, res, bound, min_step, max_step, growth)
+
+    return next_sample
+
+
 @functools.cache
 def _kernels(res: int, params: MarchParams):
     """Training marching kernels (a count pass and a write pass) with the grid resolution and ``params``
@@ -102,10 +115,7 @@ def _kernels(res: int, params: MarchParams):
     bound, near_min = float(params.bound), float(params.near_min)
     min_step, max_step, growth = float(params.min_step), float(params.max_step), float(params.step_growth)
     max_steps = int(params.max_steps_per_ray)
-
-    @ti.func
-    def next_sample(o, d, t, far, bitfield: ti.template()):
-        return next_sample_in_grid(o, d, t, far, bitfield, res, bound, min_step, max_step, growth)
+    next_sample = grid_stepper(res, params)
 
     def make_train(write: bool):
         @ti.kernel
