@@ -4,7 +4,7 @@
 first step's kernel compilation not counted), then measures on the held-out frames: PSNR, samples per ray
 of the inference renderer, and 512x512 frames per second (PNG writing excluded, pixels copied to the host
 as uint8, as ``nerfbs render`` does), batched (8 frames per call) and one frame at a time, with the new
-inference loop and with today's (``bench/baseline_inference.py``), side by side on the same avatar.
+inference loop (today's loop is measured by ``nerfbs render`` in a checkout of the commit before it).
 ``table`` merges the JSON files of several runs into one table.
 
     python bench/empty_space.py run --subject SUBJECT --variant today --minutes 5 --test-last 60 --out today.json
@@ -25,10 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import baseline_inference  # noqa: E402
 from bench.quality import apply_overrides, score_held_out  # noqa: E402
 from nerfbs.config import SMALL_MODEL, SMALL_RENDER, Config, DataConfig, TrainConfig  # noqa: E402
-from nerfbs.render import rays as render_rays_module  # noqa: E402
 from nerfbs.render.image import render_images  # noqa: E402
 from nerfbs.train import loop as train  # noqa: E402
 from nerfbs.train.workspace import Workspace  # noqa: E402
@@ -82,20 +80,8 @@ def frames_per_second(model, frames: list[int], batch: int, samples_per_round: i
             "batch": batch}
 
 
-def _today_loop(origins, directions, ray_frame, field_fn, grid, params, background, *, samples_per_round=8,
-                max_samples_per_round=64, stats=None):
-    """Today's inference loop behind the new loop's signature (always 8 samples per first round, as today)."""
-    run: dict = {}
-    out = baseline_inference.render_rays_inference(origins, directions, ray_frame, field_fn, grid, params, background,
-                                                   stats=run)
-    if stats is not None:
-        stats.update(rounds=run["rounds"], host_syncs=run["host_syncs"], samples=run["sample_slots"],
-                     ray_samples=torch.zeros(0, dtype=torch.int32, device=origins.device))
-    return out
-
-
 def render_figures(model, frames: list[int], repeats: int) -> dict:
-    """Samples per ray of the held-out renders and frames/s of both loops, batched and one frame at a time."""
+    """Samples per ray of the held-out renders and frames/s, batched and one frame at a time."""
     s = model.subject
     stats: dict = {}
     background = s.background.float() / 255.0
@@ -115,13 +101,6 @@ def render_figures(model, frames: list[int], repeats: int) -> dict:
     for spr in (8, 16, 32):
         out[f"new_single_spr{spr}"] = frames_per_second(model, frames, 1, samples_per_round=spr, repeats=repeats)
     out["new_single_default"] = frames_per_second(model, frames, 1, repeats=repeats)
-    saved = render_rays_module.render_rays_inference
-    render_rays_module.render_rays_inference = _today_loop
-    try:
-        out["today_batch8"] = frames_per_second(model, frames, 8, repeats=repeats)
-        out["today_single"] = frames_per_second(model, frames, 1, repeats=repeats)
-    finally:
-        render_rays_module.render_rays_inference = saved
     return out
 
 
@@ -166,14 +145,13 @@ def _row(r: dict) -> list[str]:
     return [Path(r["subject"]).name, r["variant"], f"{r['steps_per_second']:.1f}",
             f"{r['train_samples_per_ray']:.1f} / {r['train_marched_per_ray']:.1f}", f"{100 * r['occupied_share']:.1f}",
             f"{r['held_out']['full']['psnr']:.2f}", f"{rd['samples_per_pixel']:.1f} / {rd['samples_per_marching_ray']:.1f}",
-            f"{rd['new_batch8']['fps']:.0f} / {rd['today_batch8']['fps']:.0f}",
-            f"{rd['new_single_default']['fps']:.0f} / {rd['today_single']['fps']:.0f}",
+            f"{rd['new_batch8']['fps']:.0f}", f"{rd['new_single_default']['fps']:.0f}",
             " ".join(f"{rd[f'new_single_spr{k}']['fps']:.0f}" for k in (8, 16, 32))]
 
 
 def print_table(reports: list[dict]) -> None:
     head = ["subject", "variant", "steps/s", "train samples/ray (grad / marched)", "occupied %", "held-out PSNR",
-            "render samples/pixel (/ marching ray)", "fps batch 8 new / today", "fps single new / today",
+            "render samples/pixel (/ marching ray)", "fps batch 8", "fps single",
             "single fps spr 8 16 32"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_row(r)) + " |" for r in reports]
