@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import typer
 
-from nerfbs.config import MODEL_PRESETS, DataConfig, TrainConfig
+from nerfbs.config import MODEL_PRESETS, OUTPUT, PREPROCESS, SYNTH, DataConfig, TrainConfig
 from nerfbs.errors import Interrupted, UserError
 
 # Option defaults come from the config dataclasses (nerfbs/config.py), the one place they are declared.
@@ -156,13 +156,13 @@ def train(
 @_one_line_errors
 def render(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by `nerfbs train` (e.g. runs/x/checkpoints/latest.pth)."),
-    frames: str = typer.Option("test", help="Frames whose cameras (and coefficients) to use: test, train, all, an "
+    frames: str = typer.Option(OUTPUT.frames, help="Frames whose cameras (and coefficients) to use: test, train, all, an "
                                "index, or a range a:b (0-based, b exclusive)."),
-    background: str = typer.Option("dataset", help="dataset (bc.jpg), white, or alpha (RGBA PNG, opacity as alpha)."),
-    scale: float = typer.Option(1.0, help="Resolution scale of the output images."),
+    background: str = typer.Option(OUTPUT.background, help="dataset (bc.jpg), white, or alpha (RGBA PNG, opacity as alpha)."),
+    scale: float = typer.Option(OUTPUT.scale, help="Resolution scale of the output images."),
     out: Optional[Path] = typer.Option(None, help="Output folder (its earlier frames are replaced).",
                                        show_default="<workspace>/render/<checkpoint name>"),
-    batch: int = typer.Option(4, help="Images per renderer call."),
+    batch: int = typer.Option(OUTPUT.batch, help="Images per renderer call."),
     drive: Optional[Path] = typer.Option(None, show_default="none: the frames' own coefficients",
                                          help="Reenact: another sequence's transforms.json, one output frame per "
                                               "driving frame (its coefficients clamped by its own, then this "
@@ -173,8 +173,8 @@ def render(
                                    help="Fix a coefficient in every frame: INDEX=VALUE, INDEX counting "
                                    "exp_ori from 0 (--set 0=0.8), or NAME=VALUE with the data's exp_names "
                                    "(--set jawOpen=0.8). Repeatable; values are clamped to the trained range."),
-    camera: str = typer.Option("dataset", help="dataset (the frames' own cameras) or orbit (a 360-degree turntable)."),
-    nvs: bool = typer.Option(True, help="Also render each frame from the original's novel-view camera swinging "
+    camera: str = typer.Option(OUTPUT.camera, help="dataset (the frames' own cameras) or orbit (a 360-degree turntable)."),
+    nvs: bool = typer.Option(OUTPUT.novel_views, help="Also render each frame from the original's novel-view camera swinging "
                              "+-15 degrees around the head (<i>_nvs.png)."),
     subject: Optional[Path] = typer.Option(None, help="The avatar's subject folder, if it moved since training.",
                                            show_default="the folder saved in the checkpoint"),
@@ -235,7 +235,7 @@ def view(
 def export_video(
     frames_dir: Path = typer.Argument(..., help="Folder of numbered frames (0000.png, 0001.png, ...)."),
     output: Path = typer.Option(..., "--output", "-o", help="The mp4 to write."),
-    fps: float = typer.Option(25.0, help="Frames per second."),
+    fps: float = typer.Option(OUTPUT.video_fps, help="Frames per second."),
     side_by_side: Optional[Path] = typer.Option(None, help="Second folder of frames, shown to the right.",
                                                 show_default="none"),
 ) -> None:
@@ -253,10 +253,10 @@ def export_video(
 @_one_line_errors
 def synth(
     out: Path = typer.Argument(..., help="New subject folder to write."),
-    frames: int = typer.Option(600, help="Number of frames."),
-    size: int = typer.Option(512, help="Image width and height in pixels."),
-    coeffs: int = typer.Option(46, help="Expression coefficients per frame (ARKit-like names; 52 gives all of them)."),
-    seed: int = typer.Option(0, help="Random seed: the same seed writes the same subject."),
+    frames: int = typer.Option(SYNTH.frames, help="Number of frames."),
+    size: int = typer.Option(SYNTH.size, help="Image width and height in pixels."),
+    coeffs: int = typer.Option(SYNTH.coeffs, help="Expression coefficients per frame (ARKit-like names; 52 gives all of them)."),
+    seed: int = typer.Option(SYNTH.seed, help="Random seed: the same seed writes the same subject."),
     preview: bool = _flag("--preview", "Also write OUT/preview.png, a contact sheet of a few frames."),
     tracks_from: Optional[Path] = typer.Option(None, show_default="none: generated expressions",
                                                help="Drive the head with the expressions of a subject written "
@@ -290,7 +290,7 @@ def synth(
 def preprocess(
     video: Path = typer.Argument(..., help="A talking-head video (one face, fixed camera)."),
     out: Path = typer.Argument(..., help="New subject folder to write."),
-    size: int = typer.Option(512, help="Width and height of the square crop in pixels."),
+    size: int = typer.Option(PREPROCESS.size, help="Width and height of the square crop in pixels."),
     max_frames: Optional[int] = typer.Option(None, help="Use only the first N frames.", show_default="all"),
     landmarker: Optional[Path] = typer.Option(None, help="MediaPipe's face_landmarker_v2_with_blendshapes.task.",
                                               show_default="$NERFBS_CACHE or ~/.cache/nerfbs, downloaded there "

@@ -155,6 +155,40 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SynthConfig:
+    """Defaults of ``nerfbs synth`` (``nerfbs.synth.generate.synthesize``): frames, square image side in pixels,
+    expression coefficients per frame and the random seed."""
+
+    frames: int = 600
+    size: int = 512
+    coeffs: int = 46
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Defaults of ``nerfbs preprocess`` (``nerfbs.preprocess.pipeline.preprocess_video``): the crop's side in pixels."""
+
+    size: int = 512
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Defaults of ``nerfbs render`` (``nerfbs.export.job``) and ``nerfbs export-video`` (``nerfbs.export.video``)."""
+
+    frames: str = "test"  # whose cameras and coefficients: test, train, all, a range or a list
+    background: str = "dataset"  # dataset (bc.jpg), white or alpha
+    scale: float = 1.0  # output resolution / the dataset's
+    camera: str = "dataset"  # the frames' own cameras, or orbit
+    novel_views: bool = True  # also each frame from the original's novel-view camera
+    batch: int = 4  # images per renderer call
+    video_fps: float = 25.0
+
+
+SYNTH, PREPROCESS, OUTPUT = SynthConfig(), PreprocessConfig(), OutputConfig()
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration: data, model, render and train sections (saved in every checkpoint)."""
 

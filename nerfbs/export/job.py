@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import cv2
 import torch
 
+from nerfbs.config import OUTPUT
 from nerfbs.export import expressions as reenact
 from nerfbs.export import views
 from nerfbs.atomic import write_text
@@ -84,9 +85,10 @@ def background_image(avatar: Avatar, kind: str, height: int, width: int) -> torc
     return bc.float() / 255.0
 
 
-def plan_render(avatar: Avatar, *, frames: str = "test", background: str = "dataset", scale: float = 1.0,
+def plan_render(avatar: Avatar, *, frames: str = OUTPUT.frames, background: str = OUTPUT.background,
+                scale: float = OUTPUT.scale,
                 drive: Optional[str | Path] = None, drive_relative: bool = False, settings: Sequence[str] = (),
-                camera: str = "dataset", nvs: bool = True) -> RenderJob:
+                camera: str = OUTPUT.camera, nvs: bool = OUTPUT.novel_views) -> RenderJob:
     """The views of ``nerfbs render``: see the command's help for each option.
 
     Coefficients: the selected frames' own, or (``drive``) one row per driving frame; ``settings`` then
@@ -156,7 +158,7 @@ def to_pixels(rgb: torch.Tensor, opacity: torch.Tensor, alpha: bool) -> torch.Te
     return (rgb.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
 
 
-def run_job(avatar: Avatar, job: RenderJob, out_dir: Path, *, batch: int = 4,
+def run_job(avatar: Avatar, job: RenderJob, out_dir: Path, *, batch: int = OUTPUT.batch,
             progress: Optional[Callable[[int, int], None]] = None) -> RenderStats:
     """Render every view of ``job`` into ``out_dir/<name>.png`` (replacing an earlier render's frames) and
     write ``out_dir/render.json`` (checkpoint, step and each frame's sources)."""

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from nerfbs.atomic import atomic_path
+from nerfbs.config import OUTPUT
 from nerfbs.errors import UserError
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -77,7 +78,7 @@ def _pad_to_even(image: np.ndarray) -> np.ndarray:
     return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
-def export_video(frames_dir: Path, out_path: Path, *, fps: float = 25, side_by_side: Path | None = None,
+def export_video(frames_dir: Path, out_path: Path, *, fps: float = OUTPUT.video_fps, side_by_side: Path | None = None,
                  progress: Callable[[int, int], None] | None = None) -> tuple[int, tuple[int, int]]:
     """Encode the numbered frames of ``frames_dir`` (see ``list_frames``: ``0000.png``, ``0001.png``, ... in
     numeric order; ``0000_nvs.png`` twins and other names are skipped) into an H.264 yuv420p mp4 at ``out_path``.

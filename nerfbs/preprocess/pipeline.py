@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from nerfbs.config import PREPROCESS
 from nerfbs.errors import UserError
 from nerfbs.data.writer import SubjectWriter
 from nerfbs.preprocess.head_fit import HeadFit, fit_head, rigid_reprojection, write_tracking_json
@@ -141,7 +142,7 @@ def _frames_by_index(video, indices: np.ndarray, max_frames: int | None):
             break
 
 
-def preprocess_video(video: str | os.PathLike, out: str | os.PathLike, *, size: int = 512,
+def preprocess_video(video: str | os.PathLike, out: str | os.PathLike, *, size: int = PREPROCESS.size,
                      max_frames: int | None = None, landmarker: str | os.PathLike | None = None,
                      segmenter: str | os.PathLike | None = None, fov_degrees: float | None = None,
                      preview: bool = False,

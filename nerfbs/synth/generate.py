@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from nerfbs.config import SYNTH
 from nerfbs.data.camera import project
 from nerfbs.errors import UserError
 from nerfbs.data.writer import SubjectWriter
@@ -292,7 +293,8 @@ def render_frames(scene: Scene, index: Sequence[int], *, poses: Optional[np.ndar
                   landmarks=uv.cpu().numpy())
 
 
-def synthesize(out_dir: str | os.PathLike, *, frames: int = 600, size: int = 512, coeffs: int = 46, seed: int = 0,
+def synthesize(out_dir: str | os.PathLike, *, frames: int = SYNTH.frames, size: int = SYNTH.size,
+               coeffs: int = SYNTH.coeffs, seed: int = SYNTH.seed,
                device: str | torch.device | None = None,
                progress: Optional[Callable[[int, int], None]] = None, tracks: Optional[np.ndarray] = None,
                fov_degrees: float | None = None) -> Path:
