@@ -360,7 +360,8 @@ def eval_command(
                    "Perceptual loss weights)", err=True)
     report = _reporter()
     out_dir = out or avatar.workspace / "eval" / checkpoint.stem
-    evaluation, _ = evaluate_run(avatar, out_dir, report=report)
+    evaluation, _ = evaluate_run(avatar.field, avatar.grid, avatar.config.render, avatar.subject, avatar.lpips, out_dir,
+                                 report=report)
     report.message(evaluation.markdown())
     if refine_poses:
         refined, _, mean_deg = evaluate_refined_poses(avatar, out_dir / "refined_poses", refine_poses, report=report)

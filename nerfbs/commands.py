@@ -91,27 +91,31 @@ def train_and_evaluate(config: Config, workspace_dir: Path, *, resume: bool, rep
             update(done, **training_figures(step, {**last_val, **figures}))
 
         train.train(run, on_step=on_step)
-    evaluation, paths = evaluate_run(run, ws.root / "eval", report=report)
+    from nerfbs.train.perceptual import load_lpips
+
+    lpips_model = run.lpips if run.lpips is not None else load_lpips(run.device, allow_missing=True)
+    evaluation, paths = evaluate_run(run.field, run.grid, run.config.render, run.subject, lpips_model, ws.root / "eval",
+                                     report=report)
     return TrainOutcome(workspace=ws, first_step=first_step, last_step=run.step,
                         minutes=(run.elapsed - run.elapsed_before) / 60.0, evaluation=evaluation, report_paths=paths)
 
 
-def evaluate_run(run, out_dir: Path, *, report: Reporter = SILENT) -> tuple[Evaluation, dict[str, Path]]:
-    """Score every held-out frame of a training run or an avatar (anything with ``field``, ``grid``, ``config``,
-    ``subject``, ``device`` and ``lpips``) and write metrics.json, metrics.md and worst.png to ``out_dir``."""
+def evaluate_run(field, grid, render_config, subject, lpips_model, out_dir: Path, *,
+                 report: Reporter = SILENT) -> tuple[Evaluation, dict[str, Path]]:
+    """Score every held-out frame of ``subject`` rendered by ``field`` and ``grid`` under ``render_config`` (PSNR,
+    SSIM, LPIPS when ``lpips_model`` is given, the face score) and write metrics.json, metrics.md and worst.png
+    to ``out_dir``."""
     from nerfbs.evaluate import report as evaluate
     from nerfbs.render.image import render_with_truth
-    from nerfbs.train.perceptual import load_lpips
 
-    frames = [int(i) for i in run.subject.test_indices]
-    lpips_model = run.lpips if run.lpips is not None else load_lpips(run.device, allow_missing=True)
+    frames = [int(i) for i in subject.test_indices]
     t0 = time.perf_counter()
     with report.stage("evaluating held-out frames", total=len(frames)) as update:
         result, worst = evaluate.evaluate_frames(
-            lambda f: render_with_truth(run.field, run.grid, run.config.render, run.subject, f),
-            frames, run.subject.face_rects, run.subject.mouth_rects, lpips_model,
+            lambda f: render_with_truth(field, grid, render_config, subject, f),
+            frames, subject.face_rects, subject.mouth_rects, lpips_model,
             progress=lambda done, total: update(done, total), keep_worst=4,
-            originals=lambda f: (run.subject.original(f), run.subject.landmarks[f].numpy()))
+            originals=lambda f: (subject.original(f), subject.landmarks[f].numpy()))
     paths = evaluate.write_report(result, out_dir, worst)
     report.message(f"evaluated {len(frames)} frames in {time.perf_counter() - t0:.1f} s: {paths['markdown']}")
     return result, paths

@@ -31,8 +31,7 @@ class Avatar:
     """The live objects of a trained avatar. K tracked coefficients; the model takes rows of K + 1.
 
     coeff_min / coeff_max [K] are the training range saved in the checkpoint (what the model was
-    trained on); ``lpips`` is set by whoever evaluates. The field names match ``train.TrainRun`` where
-    they overlap, so ``commands.evaluate_run`` scores an avatar as it scores a run."""
+    trained on); ``lpips`` is set by whoever evaluates."""
 
     checkpoint: Path
     step: int
