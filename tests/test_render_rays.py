@@ -7,7 +7,7 @@ from nerfbs.field import BlendShapeField
 from nerfbs.render.rays import render_rays_train, visible_counts
 from taichi_kernels.occupancy import OccupancyGrid
 from taichi_kernels.samples import Samples
-from tests.tiny import TINY_MODEL
+from tiny import TINY_MODEL
 
 BOUND = 0.06
 
