@@ -231,8 +231,11 @@ def test_bad_view_inputs_are_one_line_errors(tiny_run, tmp_path, monkeypatch):
 def test_view_prints_the_url_serves_the_page_and_stops_on_ctrl_c(tiny_run):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    # SIGINT back to its default in the child: a test run started in the background (``pytest &``) ignores it, and
+    # Python keeps an ignored SIGINT ignored, so Ctrl-C would never reach the viewer.
     proc = subprocess.Popen([sys.executable, str(root / "cli.py"), "view", str(tiny_run.checkpoint), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = [proc.stdout.readline()]  # (Taichi prints a banner first)
         while lines[-1] and "http://" not in lines[-1]:
