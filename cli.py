@@ -220,8 +220,9 @@ def view(
     viewer = open_viewer(checkpoint, host=host, port=port, side=resolution, drive=drive,
                          drive_relative=drive_relative, subject=subject)
     report = _reporter()
-    report.message(f"nerfbs view: {viewer.url}  (step {viewer.avatar.step}, {viewer.avatar.device.type}; Ctrl-C stops)")
-    try:
+    try:  # from the URL on, Ctrl-C stops the viewer cleanly
+        report.message(f"nerfbs view: {viewer.url}  (step {viewer.avatar.step}, {viewer.avatar.device.type}; "
+                       "Ctrl-C stops)")
         viewer.wait()
     except KeyboardInterrupt:
         pass
