@@ -53,7 +53,8 @@ def chromium_screenshot(url: str, out: Path, *, width: int = 1280, height: int =
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
-    with tempfile.TemporaryDirectory(prefix="nerfbs-chromium-") as profile:
+    # ignore_cleanup_errors: a Chromium still closing may write into its profile while the folder is removed
+    with tempfile.TemporaryDirectory(prefix="nerfbs-chromium-", ignore_cleanup_errors=True) as profile:
         command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
                    "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={width},{height}",
