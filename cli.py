@@ -97,6 +97,8 @@ def train(
     table_l1: bool = typer.Option(_TRAIN.table_l1_weight > 0, help="L1 penalty on the non-neutral tables."),
     distortion: float = typer.Option(_TRAIN.distortion_weight, help="Weight of mip-NeRF 360's distortion loss (0: "
                                                                     "off, as the original)."),
+    distortion_steps: int = typer.Option(_TRAIN.distortion_steps, help="Apply the distortion loss in the first N "
+                                                                       "steps only (0: in every step)."),
     subpixel_rays: bool = _flag("--subpixel-rays", "Colour rays through random points of their pixels, targets read "
                                                    "bilinearly (the original: pixel centres)."),
     mixed_precision: bool = typer.Option(_TRAIN.mixed_precision, help="fp16 MLPs on CUDA."),
@@ -127,6 +129,7 @@ def train(
     _check_range("--mouth-rays", mouth_rays, 0.0, _TRAIN.face_ray_fraction if face_sampling else 0.0)
     _check_range("--checkpoint-every", checkpoint_every, 1)
     _check_range("--distortion", distortion, 0.0, 100.0)
+    _check_range("--distortion-steps", distortion_steps, 0)
     if model not in MODEL_PRESETS:
         raise UserError(f"--model {model}: use {', '.join(MODEL_PRESETS)}")
     path = resolve_subject_path(subject).resolve()
@@ -141,6 +144,7 @@ def train(
             face_ray_fraction=_TRAIN.face_ray_fraction if face_sampling else 0.0,
             mouth_ray_fraction=mouth_rays if face_sampling else 0.0,
             table_l1_weight=_TRAIN.table_l1_weight if table_l1 else 0.0, distortion_weight=distortion,
+            distortion_steps=distortion_steps,
             subpixel_rays=subpixel_rays, pose_refinement=pose_refinement, mixed_precision=mixed_precision,
             validate_every=validate_every, checkpoint_every=checkpoint_every, seed=seed))
     if preset == "small":

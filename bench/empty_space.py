@@ -5,11 +5,14 @@ first step's kernel compilation not counted), then measures on the held-out fram
 of the inference renderer, and 512x512 frames per second (PNG writing excluded, pixels copied to the host
 as uint8, as ``nerfbs render`` does), batched (8 frames per call) and one frame at a time, with the new
 inference loop (today's loop is measured by ``nerfbs render`` in a checkout of the commit before it).
-``table`` merges the JSON files of several runs into one table.
+``table`` merges the JSON files of several runs into one table. Runs trained side by side on one GPU measure
+their render speed afterwards, one at a time: ``run --no-render`` keeps the checkpoint, and ``render`` loads it and
+adds the render figures to the run's JSON.
 
     python bench/empty_space.py run --subject SUBJECT --variant today --minutes 5 --test-last 60 --out today.json
     python bench/empty_space.py run --subject SUBJECT --variant fix --minutes 5 --test-last 60 --out fix.json
     python bench/empty_space.py table today.json fix.json --out table.json
+    python bench/empty_space.py run ... --no-render --out a.json && python bench/empty_space.py render a.json
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.quality import apply_overrides, score_held_out  # noqa: E402
+from bench.quality import apply_overrides, render, score_held_out  # noqa: E402
+from nerfbs.evaluate import report as evaluate  # noqa: E402
+from nerfbs.export.avatar import load_avatar  # noqa: E402
 from nerfbs.config import SMALL_MODEL, SMALL_RENDER, Config, DataConfig, TrainConfig  # noqa: E402
 from nerfbs.render.image import render_images  # noqa: E402
 from nerfbs.train import loop as train  # noqa: E402
@@ -134,9 +139,38 @@ def run(args) -> None:
               "history": [{k: r[k] for k in ("step", "samples_per_ray", "occupancy") if k in r} for r in rows[::10]]}
     model.field.eval()
     report["held_out"] = {region: v for region, v in score_held_out(model).items()}
-    frames = [int(i) for i in model.subject.test_indices][: args.render_frames or None]
-    report["render"] = render_figures(model, frames, args.repeats)
+    if args.score_train:
+        report["train_frames"] = score_training_frames(model, args.score_train)
+    report["checkpoint"] = str(ws.latest)
+    report["render_frames"] = args.render_frames
+    report["repeats"] = args.repeats
+    if args.render:
+        frames = [int(i) for i in model.subject.test_indices][: args.render_frames or None]
+        report["render"] = render_figures(model, frames, args.repeats)
     Path(args.out).write_text(json.dumps(report, indent=1))
+    if args.render:
+        print_table([report])
+
+
+def score_training_frames(model, count: int) -> dict:
+    """The scores of ``count`` training frames spread over the sequence (seen by their refined cameras): beside
+    the held-out scores they say whether the field cannot fit the frames or cannot generalise to new ones."""
+    n = model.subject.num_train
+    frames = sorted({int(round(i * (n - 1) / max(count - 1, 1))) for i in range(count)})
+    result, _ = evaluate.evaluate_frames(
+        lambda f: render(model, f), frames, model.subject.face_rects, model.subject.mouth_rects, None,
+        originals=lambda f: (model.subject.original(f), model.subject.landmarks[f].numpy()))
+    return result.mean()
+
+
+def render_checkpoint(args) -> None:
+    """Add the render figures of a ``run --no-render``'s checkpoint to its JSON (one process on the GPU)."""
+    report = json.loads(Path(args.report).read_text())
+    avatar = load_avatar(report["checkpoint"], runtime.torch_device(), subject_dir=report["subject"])
+    avatar.field.eval()
+    frames = [int(i) for i in avatar.subject.test_indices][: report.get("render_frames") or None]
+    report["render"] = render_figures(avatar, frames, report.get("repeats", 1))
+    Path(args.report).write_text(json.dumps(report, indent=1))
     print_table([report])
 
 
@@ -172,12 +206,19 @@ def main() -> None:
     r.add_argument("--model", default="original", choices=("original", "small"), help="small: a CPU check")
     r.add_argument("--workspace", default="")
     r.add_argument("--out", required=True)
+    r.add_argument("--render", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure the render figures now (--no-render: later, with the render command)")
+    r.add_argument("--score-train", type=int, default=0, metavar="N", help="also score N training frames")
+    d = sub.add_parser("render")
+    d.add_argument("report", help="the JSON of a run --no-render (its checkpoint is read, its figures added)")
     t = sub.add_parser("table")
     t.add_argument("reports", nargs="+")
     t.add_argument("--out", default="")
     args = ap.parse_args()
     if args.command == "run":
         run(args)
+    elif args.command == "render":
+        render_checkpoint(args)
     else:
         reports = [json.loads(Path(p).read_text()) for p in args.reports]
         print_table(reports)

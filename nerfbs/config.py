@@ -121,6 +121,7 @@ class TrainConfig:
     mask_loss_weight: float = 1.0
     table_l1_weight: float = 1.0
     distortion_weight: float = 0.0  # mip-NeRF 360's distortion loss on the colour rays (not in the original's recipe)
+    distortion_steps: int = 0  # the distortion loss applies in the first N steps only (0: in every step)
     lpips_from_step: int = 20000
     lpips_weight: float = 0.1
     lpips_patch: int = 32

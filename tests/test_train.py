@@ -141,3 +141,23 @@ def test_distortion_and_subpixel_options_reach_the_step(tiny_run, tmp_path):
     rows = [json.loads(line) for line in (ws / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(row["distortion"] > 0 for row in rows if "distortion" in row)
     assert any("distortion" in row for row in rows)
+
+
+def test_distortion_steps_end_the_distortion_loss(tiny_run, tmp_path):
+    from nerfbs.config import TrainConfig
+    from nerfbs.train.loop import _distortion_applies
+
+    always, first_two = TrainConfig(distortion_weight=1.0), TrainConfig(distortion_weight=1.0, distortion_steps=2)
+    assert [_distortion_applies(always, s) for s in range(4)] == [True] * 4
+    assert [_distortion_applies(first_two, s) for s in range(4)] == [True, True, False, False]
+    assert not _distortion_applies(TrainConfig(distortion_steps=2), 0)  # no weight, no loss
+    ws = tmp_path / "distortion_steps"
+    result = invoke("train", tiny_run.subject, "--model", "small", "--steps", 3, "--test-last", 2, "--no-lpips",
+                    "--distortion", 0.5, "--distortion-steps", 2, "--workspace", ws)
+    assert result.exit_code == 0, result.output
+    assert json.loads((ws / "config.json").read_text())["train"]["distortion_steps"] == 2
+    rows = [json.loads(line) for line in (ws / "metrics.jsonl").read_text().splitlines()]
+    last = max(rows, key=lambda row: row["step"])
+    assert last["step"] == 3 and "distortion" not in last  # the third step (index 2) is past the two
+    result = invoke("train", tiny_run.subject, "--distortion-steps", -1, "--workspace", tmp_path / "bad")
+    assert result.exit_code != 0 and "--distortion-steps" in result.output

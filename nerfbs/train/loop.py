@@ -147,7 +147,7 @@ def train_step(run: TrainRun) -> dict[str, float]:
     with _autocast(run):
         out = render_rays_train(run.field, run.grid, run.config.render, origins, directions,
                                 rays.frame_slot, coeffs, rays.background, generator=run.generator,
-                                distortion=cfg.distortion_weight > 0)
+                                distortion=_distortion_applies(cfg, step))
         color_loss = (out.rgb - rays.rgb).abs().mean()
         loss = color_loss
         figures = {"color_loss": color_loss}
@@ -226,6 +226,11 @@ def expression_stats(subject: Subject) -> dict:
     ``coeff_max`` [K] float32 on the CPU, and ``coeff_names``."""
     return {"num_coeffs": subject.num_coeffs, "coeff_min": subject.coeff_min.cpu(),
             "coeff_max": subject.coeff_max.cpu(), "coeff_names": list(subject.coeff_names or [])}
+
+
+def _distortion_applies(cfg: TrainConfig, step: int) -> bool:
+    """Whether step ``step`` adds the distortion loss: a positive weight, within ``distortion_steps`` if set."""
+    return cfg.distortion_weight > 0 and (cfg.distortion_steps <= 0 or step < cfg.distortion_steps)
 
 
 def save(run: TrainRun, path: Path) -> Path:

@@ -1,0 +1,67 @@
+"""Where a single 512x512 frame's render time goes: torch's profiler over ``render_image`` of a trained avatar
+(the viewer's call), after warm-up. Prints the top operations by device time and the inference loop's figures.
+
+    python3 bench/render_profile.py runs/me/checkpoints/latest.pth --subject subjects/me --frames 20
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nerfbs.export.avatar import load_avatar  # noqa: E402
+from nerfbs.render.image import render_image  # noqa: E402
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--subject", type=Path, default=None)
+    parser.add_argument("--frames", type=int, default=20)
+    parser.add_argument("--rows", type=int, default=25)
+    args = parser.parse_args()
+    avatar = load_avatar(args.checkpoint, subject_dir=args.subject)
+    avatar.field.eval()
+    s = avatar.subject
+    background = s.background.float() / 255.0
+    frames = [int(i) for i in s.test_indices][: args.frames]
+
+    def one(f: int, stats: dict | None = None) -> None:
+        images = render_image(avatar.field, avatar.grid, avatar.config.render, s.poses[f], s.intrinsics, s.coeffs[f],
+                              background, stats=stats)
+        images.rgb.clamp(0, 1).mul(255).to(torch.uint8).cpu()
+
+    for f in frames[:3]:
+        one(f)
+    sync()
+    start = time.perf_counter()
+    rounds, samples = 0, 0
+    for f in frames:
+        stats: dict = {}
+        one(f, stats)
+        rounds += stats["rounds"]
+        samples += stats["samples"]
+    sync()
+    ms = 1e3 * (time.perf_counter() - start) / len(frames)
+    print(f"{ms:.1f} ms per frame, {rounds / len(frames):.1f} rounds, {samples / len(frames) / 1e6:.2f} M samples per frame")
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
+                                                          if torch.cuda.is_available() else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        for f in frames:
+            one(f)
+        sync()
+    print(prof.key_averages().table(sort_by="cuda_time_total" if torch.cuda.is_available() else "cpu_time_total", row_limit=args.rows, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
