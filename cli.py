@@ -95,10 +95,8 @@ def train(
     mouth_rays: float = typer.Option(_TRAIN.mouth_ray_fraction, help="Share of rays drawn inside the mouth "
                                                                      "rectangle (out of the face share)."),
     table_l1: bool = typer.Option(_TRAIN.table_l1_weight > 0, help="L1 penalty on the non-neutral tables."),
-    distortion: float = typer.Option(_TRAIN.distortion_weight, help="Weight of mip-NeRF 360's distortion loss (0: "
-                                                                    "off, as the original)."),
-    distortion_steps: int = typer.Option(_TRAIN.distortion_steps, help="Apply the distortion loss in the first N "
-                                                                       "steps only (0: in every step)."),
+    distortion: float = typer.Option(_TRAIN.distortion_weight, help="mip-NeRF 360's distortion loss weight (0: off)."),
+    distortion_steps: int = typer.Option(_TRAIN.distortion_steps, help="Distortion loss in the first N steps (0: all)."),
     subpixel_rays: bool = _flag("--subpixel-rays", "Colour rays through random points of their pixels, targets read "
                                                    "bilinearly (the original: pixel centres)."),
     mixed_precision: bool = typer.Option(_TRAIN.mixed_precision, help="fp16 MLPs on CUDA."),
@@ -139,12 +137,10 @@ def train(
                                  neutral_only=neutral_only),
         train=dataclasses.replace(
             _TRAIN, steps=steps, minutes=minutes, rays_per_image=rays_per_image, images_per_step=images_per_step,
-            lr=lr, use_lpips=lpips, lpips_from_step=lpips_from,
-            mask_loss_steps=_TRAIN.mask_loss_steps if mask_loss else 0,
+            lr=lr, use_lpips=lpips, lpips_from_step=lpips_from, mask_loss_steps=_TRAIN.mask_loss_steps if mask_loss else 0,
             face_ray_fraction=_TRAIN.face_ray_fraction if face_sampling else 0.0,
-            mouth_ray_fraction=mouth_rays if face_sampling else 0.0,
+            mouth_ray_fraction=mouth_rays if face_sampling else 0.0, distortion_steps=distortion_steps,
             table_l1_weight=_TRAIN.table_l1_weight if table_l1 else 0.0, distortion_weight=distortion,
-            distortion_steps=distortion_steps,
             subpixel_rays=subpixel_rays, pose_refinement=pose_refinement, mixed_precision=mixed_precision,
             validate_every=validate_every, checkpoint_every=checkpoint_every, seed=seed))
     if preset == "small":
