@@ -80,3 +80,25 @@ def test_wide_frames_are_scaled_down_to_the_sheet_width():
     assert sheet.image().shape[1] <= MAX_WIDTH and sheet.image().shape[0] < LABEL_HEIGHT + size
     assert ContactSheet([1, 2]).image() is None
 
+
+def test_eval_writes_the_contact_sheet(tiny_run, tmp_path):
+    from nerfbs.export.avatar import load_avatar
+    from nerfbs.render.image import render_with_truth
+    from tiny import TINY_TEST_LAST, invoke, read_rgb
+
+    assert (tiny_run.workspace / "eval" / "contact.png").is_file(), "train's evaluation writes one too"
+    out = tmp_path / "eval"
+    result = invoke("eval", tiny_run.checkpoint, "--out", out)
+    assert result.exit_code == 0 and "contact.png" in result.output
+    sheet = read_rgb(out / "contact.png")
+    avatar = load_avatar(tiny_run.checkpoint)
+    s = avatar.subject
+    assert len(s.test_indices) == TINY_TEST_LAST < SHEET_FRAMES
+    h, w = s.height, s.width
+    assert sheet.shape[0] == TINY_TEST_LAST * (LABEL_HEIGHT + h), "one row per held-out frame"
+    for k, f in enumerate(int(i) for i in s.test_indices):
+        row = sheet[k * (LABEL_HEIGHT + h) + LABEL_HEIGHT:(k + 1) * (LABEL_HEIGHT + h)]
+        pred, _ = render_with_truth(avatar.field, avatar.grid, avatar.config.render, s, f)
+        assert np.abs(row[:, :w].astype(int) - to_uint8(pred)).max() <= 1, "the render"
+        np.testing.assert_array_equal(row[:, w:2 * w], s.original(f), "the original frame (ori_imgs)")
+        assert np.abs(row[:, :w].astype(int) - row[:, w:2 * w]).mean() > 1.0, "render and original differ"
