@@ -347,8 +347,8 @@ def eval_command(
                                      "image for N steps, the field frozen (as BARF evaluates; e.g. 100), reported "
                                      "after the tracked cameras' figures and written to <out>/refined_poses."),
 ) -> None:
-    """PSNR, SSIM and LPIPS of the held-out frames (full frame, face and mouth) and the face score (PSNR against
-    ori_imgs inside the landmarks' shrunk hull, independent of the masks): metrics.json, metrics.md, worst.png."""
+    """PSNR, SSIM, LPIPS of the held-out frames (full frame, face, mouth) and the face score (PSNR against ori_imgs
+    inside the landmarks' shrunk hull, independent of the masks): metrics.json, metrics.md, worst.png, contact.png."""
     from nerfbs.export.avatar import load_avatar
     from nerfbs.commands import evaluate_refined_poses, evaluate_run, expression_coverage_line
     from nerfbs.train.perceptual import load_lpips

@@ -117,21 +117,24 @@ def expression_coverage_line(subject) -> str:
 def evaluate_run(field, grid, render_config, subject, lpips_model, out_dir: Path, *,
                  report: Reporter = SILENT) -> tuple[Evaluation, dict[str, Path]]:
     """Score every held-out frame of ``subject`` rendered by ``field`` and ``grid`` under ``render_config`` (PSNR,
-    SSIM, LPIPS when ``lpips_model`` is given, the face score) and write metrics.json, metrics.md and worst.png
-    to ``out_dir``."""
+    SSIM, LPIPS when ``lpips_model`` is given, the face score) and write metrics.json, metrics.md, worst.png and
+    the contact sheet contact.png to ``out_dir``."""
     from nerfbs.evaluate import report as evaluate
+    from nerfbs.evaluate.sheet import ContactSheet
     from nerfbs.render.image import render_with_truth
 
     frames = [int(i) for i in subject.test_indices]
+    sheet = ContactSheet(frames)
     t0 = time.perf_counter()
     with report.stage("evaluating held-out frames", total=len(frames)) as update:
         result, worst = evaluate.evaluate_frames(
             lambda f: render_with_truth(field, grid, render_config, subject, f),
             frames, subject.face_rects, subject.mouth_rects, lpips_model,
             progress=lambda done, total: update(done, total), keep_worst=4,
-            originals=lambda f: (subject.original(f), subject.landmarks[f].numpy()))
-    paths = evaluate.write_report(result, out_dir, worst)
-    report.message(f"evaluated {len(frames)} frames in {time.perf_counter() - t0:.1f} s: {paths['markdown']}")
+            originals=lambda f: (subject.original(f), subject.landmarks[f].numpy()), sheet=sheet)
+    paths = evaluate.write_report(result, out_dir, worst, sheet)
+    report.message(f"evaluated {len(frames)} frames in {time.perf_counter() - t0:.1f} s: {paths['markdown']}"
+                   + (f"; contact sheet {paths['contact']}" if "contact" in paths else ""))
     return result, paths
 
 

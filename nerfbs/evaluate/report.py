@@ -13,6 +13,7 @@ import torch
 
 from nerfbs.evaluate import metrics
 from nerfbs.evaluate.face import FACE_SHRINK, face_psnr
+from nerfbs.evaluate.sheet import ContactSheet
 from nerfbs.atomic import write_text
 from nerfbs.images import error_grid, write_png
 
@@ -78,11 +79,13 @@ def score_frame(pred: np.ndarray, truth: np.ndarray, face_rect, mouth_rect,
 def evaluate_frames(render: Callable[[int], tuple[np.ndarray, np.ndarray]], frames: list[int], face_rects,
                     mouth_rects, lpips_model: torch.nn.Module | None,
                     progress: Callable[[int, int], None] | None = None,
-                    keep_worst: int = 0, originals: Callable[[int], tuple] | None = None
+                    keep_worst: int = 0, originals: Callable[[int], tuple] | None = None,
+                    sheet: ContactSheet | None = None
                     ) -> tuple[Evaluation, list[tuple[float, int, np.ndarray, np.ndarray]]]:
     """Score ``render(frame) -> (prediction, truth)`` on each frame; also return the ``keep_worst`` frames with the
     lowest full-frame PSNR as (psnr, frame, prediction, truth). ``originals(frame) -> (original image or None,
-    landmarks [478, 2])`` gives what the face score needs (without it the face score is n/a)."""
+    landmarks [478, 2])`` gives what the face score needs (without it the face score is n/a). ``sheet`` keeps the
+    images of the frames it chose, as they are scored."""
     result = Evaluation()
     worst: list[tuple[float, int, np.ndarray, np.ndarray]] = []
     for i, frame in enumerate(frames):
@@ -94,13 +97,17 @@ def evaluate_frames(render: Callable[[int], tuple[np.ndarray, np.ndarray]], fram
         if keep_worst:
             worst.append((row["full"]["psnr"], int(frame), pred, truth))
             worst = sorted(worst, key=lambda w: w[0])[:keep_worst]
+        if sheet is not None:
+            sheet.offer(frame, pred, truth, original, mouth_rects[frame], row["face_hull"]["psnr"])
         if progress is not None:
             progress(i + 1, len(frames))
     return result, worst
 
 
-def write_report(evaluation: Evaluation, out_dir: Path, worst: list | None = None) -> dict[str, Path]:
-    """metrics.json, metrics.md and (given worst frames) worst.png: prediction | truth | error rows."""
+def write_report(evaluation: Evaluation, out_dir: Path, worst: list | None = None,
+                 sheet: ContactSheet | None = None) -> dict[str, Path]:
+    """metrics.json, metrics.md, (given worst frames) worst.png: prediction | truth | error rows, and (given a
+    sheet that kept frames) contact.png (``nerfbs.evaluate.sheet``)."""
     import json
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,5 +117,9 @@ def write_report(evaluation: Evaluation, out_dir: Path, worst: list | None = Non
     if worst:
         paths["worst"] = out_dir / "worst.png"
         write_png(paths["worst"], np.concatenate([error_grid(p, t) for _, _, p, t in worst], axis=0))
+    contact = sheet.image() if sheet is not None else None
+    if contact is not None:
+        paths["contact"] = out_dir / "contact.png"
+        write_png(paths["contact"], contact)
     return paths
 
