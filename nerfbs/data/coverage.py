@@ -1,11 +1,11 @@
 """How well the training frames' expressions cover the held-out frames' (a property of the data, not the model).
 
-A blend-shape field learns each expression from the frames that show it. On real videos most of the held-out
-error is expressions the training frames never show (docs/PERF.md, session 7: katie's training frames score
-27.4 dB, its held-out frames 20.5, and perfect held-out cameras add only 0.6 dB): held-out coefficients beyond
-the training range are clamped to it, and a held-out expression far from every training frame's is guessed.
-``expression_coverage`` measures both, so a user learns why such frames come out blurred before the renders
-say so.
+A blend-shape field learns each expression from the frames that show it. On real videos the held-out frames score
+far below the training frames, and better cameras close little of the gap (docs/PERF.md, session 7: katie's
+training frames 27.4 dB of face score, its held-out frames 20.5; refining each held-out camera on its own image
+adds 0.6 dB). Its held-out frames show expressions the training frames do not: coefficients beyond the training
+range (clamped to it when rendered) and expressions far from every training frame's. ``expression_coverage``
+measures both, so a user learns why such frames come out blurred before the renders say so.
 """
 from __future__ import annotations
 
