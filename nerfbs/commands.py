@@ -133,9 +133,13 @@ def evaluate_run(field, grid, render_config, subject, lpips_model, out_dir: Path
             progress=lambda done, total: update(done, total), keep_worst=4,
             originals=lambda f: (subject.original(f), subject.landmarks[f].numpy()), sheet=sheet)
     paths = evaluate.write_report(result, out_dir, worst, sheet)
-    report.message(f"evaluated {len(frames)} frames in {time.perf_counter() - t0:.1f} s: {paths['markdown']}"
-                   + (f"; contact sheet {paths['contact']}" if "contact" in paths else ""))
+    report.message(_evaluated_message(len(frames), time.perf_counter() - t0, paths))
     return result, paths
+
+
+def _evaluated_message(frames: int, seconds: float, paths: dict[str, Path]) -> str:
+    return (f"evaluated {frames} frames in {seconds:.1f} s: {paths['markdown']}"
+            + (f"; contact sheet {paths['contact']}" if "contact" in paths else ""))
 
 
 def evaluate_refined_poses(avatar, out_dir: Path, steps: int, *,
@@ -146,8 +150,10 @@ def evaluate_refined_poses(avatar, out_dir: Path, steps: int, *,
     mean rotation correction in degrees."""
     from nerfbs.evaluate import report as evaluate
     from nerfbs.evaluate.refine import PoseFit, refine_frame
+    from nerfbs.evaluate.sheet import ContactSheet
 
     frames = [int(i) for i in avatar.subject.test_indices]
+    sheet = ContactSheet(frames)
     fit = PoseFit(steps=steps)
     corrections: dict[int, dict] = {}
 
@@ -162,10 +168,11 @@ def evaluate_refined_poses(avatar, out_dir: Path, steps: int, *,
                                                  avatar.lpips, progress=lambda done, total: update(done, total),
                                                  keep_worst=4,
                                                  originals=lambda f: (avatar.subject.original(f),
-                                                                      avatar.subject.landmarks[f].numpy()))
+                                                                      avatar.subject.landmarks[f].numpy()),
+                                                 sheet=sheet)
     for row in result.rows:
         row["pose_correction"] = corrections[row["frame"]]
-    paths = evaluate.write_report(result, out_dir, worst)
-    report.message(f"evaluated {len(frames)} frames in {time.perf_counter() - t0:.1f} s: {paths['markdown']}")
+    paths = evaluate.write_report(result, out_dir, worst, sheet)
+    report.message(_evaluated_message(len(frames), time.perf_counter() - t0, paths))
     mean_deg = sum(c["rotation_deg"] for c in corrections.values()) / max(len(corrections), 1)
     return result, paths, mean_deg

@@ -291,3 +291,5 @@ def test_eval_reports_both_figures_with_refine_poses(tiny_run, tmp_path):
     assert tracked["frames"] == refined["frames"] == 2
     assert all(row["pose_correction"]["rotation_deg"] >= 0 for row in refined["per_frame"])
     assert "pose_correction" not in tracked["per_frame"][0]
+    assert (out / "contact.png").is_file() and (out / "refined_poses" / "contact.png").is_file()
+    assert f"contact sheet {out / 'refined_poses' / 'contact.png'}" in result.output
