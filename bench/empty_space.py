@@ -148,8 +148,7 @@ def run(args) -> None:
         frames = [int(i) for i in model.subject.test_indices][: args.render_frames or None]
         report["render"] = render_figures(model, frames, args.repeats)
     Path(args.out).write_text(json.dumps(report, indent=1))
-    if args.render:
-        print_table([report])
+    print_table([report])
 
 
 def score_training_frames(model, count: int) -> dict:
@@ -174,19 +173,28 @@ def render_checkpoint(args) -> None:
     print_table([report])
 
 
+def _psnrs(scores: dict | None) -> str:
+    """'full / face / mouth / face score' PSNRs of a scores dict, '-' where missing."""
+    if not scores:
+        return "-"
+    return " / ".join(f"{scores[k]['psnr']:.2f}" if scores.get(k) and scores[k].get("psnr") is not None else "-"
+                      for k in ("full", "face", "mouth", "face_hull"))
+
+
 def _row(r: dict) -> list[str]:
-    rd = r["render"]
-    return [Path(r["subject"]).name, r["variant"], f"{r['steps_per_second']:.1f}",
-            f"{r['train_samples_per_ray']:.1f} / {r['train_marched_per_ray']:.1f}", f"{100 * r['occupied_share']:.1f}",
-            f"{r['held_out']['full']['psnr']:.2f}", f"{rd['samples_per_pixel']:.1f} / {rd['samples_per_marching_ray']:.1f}",
-            f"{rd['new_batch8']['fps']:.0f}", f"{rd['new_single_default']['fps']:.0f}",
-            " ".join(f"{rd[f'new_single_spr{k}']['fps']:.0f}" for k in (8, 16, 32))]
+    rd = r.get("render")
+    speed = ["-"] * 4 if rd is None else [
+        f"{rd['samples_per_pixel']:.1f} / {rd['samples_per_marching_ray']:.1f}", f"{rd['new_batch8']['fps']:.0f}",
+        f"{rd['new_single_default']['fps']:.0f}", " ".join(f"{rd[f'new_single_spr{k}']['fps']:.0f}" for k in (8, 16, 32))]
+    return [Path(r["subject"]).name, r["variant"] + "".join(f" {e}" for e in r.get("extra", [])), str(r["steps"]),
+            f"{r['steps_per_second']:.1f}", f"{r['train_samples_per_ray']:.1f} / {r['train_marched_per_ray']:.1f}",
+            f"{100 * r['occupied_share']:.1f}", _psnrs(r["held_out"]), _psnrs(r.get("train_frames")), *speed]
 
 
 def print_table(reports: list[dict]) -> None:
-    head = ["subject", "variant", "steps/s", "train samples/ray (grad / marched)", "occupied %", "held-out PSNR",
-            "render samples/pixel (/ marching ray)", "fps batch 8", "fps single",
-            "single fps spr 8 16 32"]
+    head = ["subject", "variant", "steps", "steps/s", "train samples/ray (grad / marched)", "occupied %",
+            "held-out full / face / mouth / face score", "training frames: the same",
+            "render samples/pixel (/ marching ray)", "fps batch 8", "fps single", "single fps spr 8 16 32"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_row(r)) + " |" for r in reports]
     print("\n".join(lines), flush=True)
