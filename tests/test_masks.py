@@ -100,10 +100,11 @@ def _blob(centre, radii) -> np.ndarray:
     return mask.astype(bool)
 
 
-def _scene(pose: np.ndarray, turtleneck: bool = False):
+def _scene(pose: np.ndarray, turtleneck: bool = False, long_hair: bool = False):
     """(rgb, person confidence, landmarks): a head with hair on a grey wall, a torso below filling the
     crop's bottom (blue, reaching up to the chin when ``turtleneck``, else skin with a low blue neckline),
-    and a second person at the left edge."""
+    and a second person at the left edge. ``long_hair`` hangs on both sides of the neck down to just above
+    the collar line."""
     lms = _landmarks(pose)
     chin = lms[152]
     head = _blob(project(np.array([[0.0, 2.5, 0.0]]), pose, CAM)[0], (52, 66))
@@ -113,6 +114,11 @@ def _scene(pose: np.ndarray, turtleneck: bool = False):
     top = int(chin[1]) + (4 if turtleneck else 40)
     torso[top:, 30:SIZE - 30] = True
     other = _blob((12, 150), (14, 60))
+    if long_hair:
+        rows = np.arange(SIZE)[:, None]
+        above_collar = rows < np.argmax(below_collar(pose, CAM), axis=0)[None, :] - 3
+        beside_neck = (np.abs(np.arange(SIZE) - chin[0]) > 20) & (np.abs(np.arange(SIZE) - chin[0]) < 38)
+        head |= above_collar & beside_neck[None, :] & (rows > chin[1] - 40)
     rgb = np.full((SIZE, SIZE, 3), 128, np.uint8)
     rgb[head] = (70, 45, 30)  # hair
     rgb[masks.face_hull(lms, SIZE) | neck] = (215, 160, 135)  # skin
@@ -139,6 +145,18 @@ def test_mask_cuts_the_collar_and_drops_other_people(yaw):
     assert mask[hair].mean() > 0.95, "the hair is head"
     neck = (rgb == (215, 160, 135)).all(-1) & ~hull & ~collar & masks.possible_head(pose, CAM)
     assert neck.sum() > 300 and mask[neck].mean() > 0.95, "skin of the neck above the collar line is head"
+
+
+@pytest.mark.parametrize("yaw", [0.0, 20.0])
+def test_long_hair_down_to_the_collar_line_is_head(yaw):
+    pose = _pose(yaw)
+    rgb, person, lms = _scene(pose, long_hair=True)
+    mask = head_mask(head_confidence(person, rgb, lms, pose, CAM, None), lms, pose, CAM)
+    hair = (rgb == (70, 45, 30)).all(-1)
+    below_chin = hair & (np.arange(SIZE)[:, None] > lms[152][1] + 5)
+    assert below_chin.sum() > 300, "the test's hair must hang below the chin"
+    assert mask[below_chin].mean() > 0.95, "hair beside the neck, above the collar line, is head"
+    assert not (mask & below_collar(pose, CAM)).any(), "and the collar line still cuts"
 
 
 def test_clothes_above_the_collar_line_are_cut_by_colour():

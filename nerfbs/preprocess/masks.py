@@ -1,18 +1,20 @@
 """Head masks and the static background for the video preprocessor.
 
 A person segmenter (``nerfbs.preprocess.segmentation``) says, per pixel of the crop, how sure it is that the
-pixel shows the person: face, hair, neck, clothes, and anyone else in view. The tracked geometry makes a
-head of it: a skull ellipsoid and a neck cylinder, defined in MediaPipe's canonical face frame (cm; x right,
-y up, z towards the viewer; the chin at y = -9.4, the forehead at y = 8.3, the nose tip at z = 7.6) and
-projected into the crop, bound where the head can be, and the neck is cut at a fixed distance below the
-chin (the "collar line"). Clothes that reach higher than the collar line (a turtleneck, a raised collar)
-are told from the head by colour: histograms of the head's colours (above the chin) and the torso's (below
-the collar line), gathered over the video, give each pixel below the jaw a probability of being clothes.
-The head confidence (person confidence, clothes removed, its edges snapped to the image's by a guided
-filter) is smoothed over time without lag (``segmentation.zero_phase_smooth``), thresholded at 0.5, and
-only the region joined to the face's landmark hull is kept (other people and stray blobs go). The background image is the per-pixel median
-over frames where the pixel is surely not the person, holes filled by ``cv2.inpaint``. All arrays are
-numpy; nothing here is differentiable.
+pixel shows the person: face, hair, neck, clothes, and anyone else in view. The tracked geometry makes a head
+of it: a skull ellipsoid, the space below it down to the collar line where long hair hangs (the skull's widest
+ring lowered to the collar), and a neck cylinder, defined in MediaPipe's canonical face frame (cm; x right, y
+up, z towards the viewer; the chin at y = -9.4, the forehead at y = 8.3, the nose tip at z = 7.6) and
+projected into the crop, bound where the head can be, and the neck is cut at a fixed distance below the chin
+(the "collar line"): the segmenter decides what is hair, the geometry only where the torso starts. Clothes
+that reach higher than the collar line (a turtleneck, a raised collar) are told from the head by colour:
+histograms of the head's colours (above the chin) and the torso's (below the collar line), gathered over the
+video, give each pixel below the jaw a probability of being clothes. The head confidence (person confidence,
+clothes removed, its edges snapped to the image's by a guided filter) is smoothed over time without lag
+(``segmentation.zero_phase_smooth``), thresholded at 0.5, and only the region joined to the face's landmark
+hull is kept (other people and stray blobs go). The background image is the per-pixel median over frames where
+the pixel is surely not the person, holes filled by ``cv2.inpaint``. All arrays are numpy; nothing here is
+differentiable.
 """
 from __future__ import annotations
 
@@ -75,6 +77,14 @@ def skull_points(scale: float = 1.0) -> np.ndarray:
     return SKULL_CENTRE + _UNIT_SPHERE * SKULL_RADII * scale
 
 
+def hair_points() -> np.ndarray:
+    """Points [M, 3] (cm) of the skull's widest horizontal ring and of the same ring lowered to the collar line:
+    their hull with the skull holds hair that falls to the shoulders (cut at the collar line like the neck)."""
+    x = SKULL_CENTRE[0] + SKULL_RADII[0] * np.cos(_CIRCLE)
+    z = SKULL_CENTRE[2] + SKULL_RADII[2] * np.sin(_CIRCLE)
+    return np.concatenate([np.stack([x, np.full_like(x, y), z], -1) for y in (SKULL_CENTRE[1], COLLAR_Y)])
+
+
 def neck_points() -> np.ndarray:
     """Points [M, 3] (cm) on the neck cylinder between NECK_TOP and the collar."""
     x = NECK_CENTRE_XZ[0] + NECK_RADIUS * np.cos(_CIRCLE)
@@ -87,8 +97,8 @@ def _hull_mask(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 def possible_head(head_to_camera: np.ndarray, cam: Camera) -> np.ndarray:
-    """[S, S] bool: where the head (skull with hair, neck down to the collar) can be."""
-    skull = _hull_mask(project(skull_points(), head_to_camera, cam), cam.size)
+    """[S, S] bool: where the head (skull with hair, long hair and neck down to the collar) can be."""
+    skull = _hull_mask(project(np.concatenate([skull_points(), hair_points()]), head_to_camera, cam), cam.size)
     neck = _hull_mask(project(neck_points(), head_to_camera, cam), cam.size)
     return skull | neck
 
