@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from nerfbs.config import ModelConfig
 from taichi_kernels.color_input import color_input
-from taichi_kernels.hash_grid import BlendedHashGrid
+from taichi_kernels.hash_grid import BlendedHashGrid, blend_tables, lookup_blended
 
 
 class MLP(nn.Sequential):
@@ -40,12 +40,29 @@ class MLP(nn.Sequential):
             return super().forward(x)
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        h = x.to(dtype)
-        linears = list(self)[0::2]
-        for layer in linears[:-1]:
-            weight = layer.weight.to(dtype)
-            h = torch._addmm_activation(h.new_zeros(weight.shape[0]), h, weight.t())
-        return h @ linears[-1].weight.to(dtype).t()
+        return FrozenMLP(self, dtype)(x)
+
+
+class FrozenMLP:
+    """An ``MLP`` for inference, its weights cast to ``dtype`` once (a render calls it every round) and its last
+    layer's rows padded with zeros to a multiple of ``align``: calls return [N, out rounded up to align]. cuBLAS
+    runs a product whose output rows are not 16-byte aligned (65 or 3 float16 columns) on slow generic kernels
+    (docs/PERF.md, session 8)."""
+
+    def __init__(self, mlp: MLP, dtype: torch.dtype, align: int = 1):
+        weights = [layer.weight.detach().to(dtype) for layer in list(mlp)[0::2]]
+        last = weights.pop()
+        rows = -(-last.shape[0] // align) * align
+        self.hidden = [(w.new_zeros(w.shape[0]), w.t()) for w in weights]  # (zero bias, weight^T)
+        self.last_t = torch.cat([last, last.new_zeros(rows - last.shape[0], last.shape[1])]).t()
+        self.dtype = dtype
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.to(self.dtype)
+        for bias, weight_t in self.hidden:
+            h = torch._addmm_activation(bias, h, weight_t)
+        return h @ self.last_t
 
 
 class BlendShapeField(nn.Module):
@@ -66,9 +83,11 @@ class BlendShapeField(nn.Module):
         """K + 1: the neutral basis and one per tracked coefficient."""
         return self.config.grid.num_bases
 
+    def _unit(self, points: torch.Tensor) -> torch.Tensor:
+        return (points + self.bound) / (2.0 * self.bound)  # [N, 3] in [0, 1]^3 inside the box
+
     def _geometry(self, points: torch.Tensor, frame_index: torch.Tensor, coeffs: torch.Tensor):
-        unit = (points + self.bound) / (2.0 * self.bound)  # [N, 3] in [0, 1]^3 inside the box
-        features = self.encoder(unit, frame_index, coeffs)  # [N, L*C] (float16 in inference under autocast)
+        features = self.encoder(self._unit(points), frame_index, coeffs)  # [N, L*C] (float16 under inference autocast)
         h = self.density_net(features)  # [N, 1 + G]: raw density, geometry features
         sigma = F.softplus(h[:, 0].float())  # [N]
         return sigma, h
@@ -84,6 +103,46 @@ class BlendShapeField(nn.Module):
         rgb = torch.sigmoid(self.color_net(color_input(directions, h, self.config.sh_degree)).float())
         return sigma, rgb
 
+    def frozen(self, coeffs: torch.Tensor, dtype: torch.dtype = torch.float32) -> "FrozenField":
+        """The field at the expressions ``coeffs`` [F, K] for inference (``FrozenField``), computing in ``dtype``
+        (float16 for a GPU render)."""
+        return FrozenField(self, blend_tables(coeffs.detach(), self.encoder.tables.detach(), dtype))
+
     def mlp_parameters(self) -> list[nn.Parameter]:
         """The density and colour MLPs' weights (the ones that get weight decay)."""
         return list(self.density_net.parameters()) + list(self.color_net.parameters())
+
+
+class FrozenField:
+    """``BlendShapeField`` without autograd at fixed expressions (``BlendShapeField.frozen``), for the inference
+    loop, which calls the field once per round on the same frames: the K tables are blended once (a pass over all
+    of them each round cost as much as a small round's lookups), the MLPs' weights cast once, and their last
+    layers padded to 8 outputs so cuBLAS's fast kernels run them (``FrozenMLP``). Computes in the blended
+    tables' type (float16 for a float16 render)."""
+
+    ALIGN = 8  # float16 rows of 8 are 16 bytes
+
+    def __init__(self, field: BlendShapeField, blended: torch.Tensor):
+        self.field = field
+        self.blended = blended  # [F, P, C]
+        self.density_net = FrozenMLP(field.density_net, blended.dtype, self.ALIGN)
+        self.color_net = FrozenMLP(field.color_net, blended.dtype, self.ALIGN)
+
+    @torch.no_grad()
+    def density(self, points: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
+        """Density [N] at world points [N, 3]; ``frame_index`` [N] int32 picks the blended frame."""
+        return F.softplus(self._density_out(points, frame_index)[:, 0].float())
+
+    @torch.no_grad()
+    def __call__(self, points: torch.Tensor, directions: torch.Tensor,
+                 frame_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma [N], rgb [N, 3]), as ``BlendShapeField.forward`` with the frozen expressions."""
+        h = self._density_out(points, frame_index)  # [N, 1 + G padded]
+        config = self.field.config
+        colour_in = color_input(directions, h, config.sh_degree, features=config.geo_features)
+        rgb = torch.sigmoid(self.color_net(colour_in)[:, :3].float())
+        return F.softplus(h[:, 0].float()), rgb
+
+    def _density_out(self, points: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
+        features = lookup_blended(self.field._unit(points), frame_index, self.blended, self.field.config.grid)
+        return self.density_net(features)

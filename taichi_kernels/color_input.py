@@ -2,8 +2,9 @@
 
 ``color_input(directions [N, 3], density_out [N, 1 + G], degree) -> [N, degree^2 + G]``: columns
 ``0 : degree^2`` are the real spherical harmonics of the unit directions (bands 0 to degree - 1, the
-order of ``reference.color_input.spherical_harmonics``), the rest is ``density_out[:, 1:]`` (the density MLP's
-output without its density column). The output has ``density_out``'s dtype (float16 under autocast).
+order of ``reference.color_input.spherical_harmonics``), the rest is ``density_out[:, 1:1 + G]`` (the density
+MLP's output without its density column; ``features=G`` reads the first G of a wider row, the inference MLP's
+zero-padded one). The output has ``density_out``'s dtype (float16 under autocast).
 
 In torch this is ~30 elementwise launches for the harmonics, a cast and a concatenation, each a pass
 over memory: on the H100 it took more time than the density MLP in an inference render (docs/PERF.md).
@@ -48,9 +49,10 @@ def _harmonics(x, y, z, degree: ti.template()):
 
 
 @functools.cache
-def _kernels(degree: int, dtype: torch.dtype, arch: str):
+def _kernels(degree: int, features: int, dtype: torch.dtype, arch: str):
     real = _TI_TYPE[dtype]
     sh = degree * degree
+    width = sh + features  # a constant: the per-element index division compiles to a multiplication
     per_element = arch == "cuda"
 
     # On CUDA one thread per output element: neighbouring threads write neighbouring columns, so a
@@ -60,10 +62,9 @@ def _kernels(degree: int, dtype: torch.dtype, arch: str):
     @ti.kernel
     def forward(
         directions: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [N, 3] unit
-        density_out: ti.types.ndarray(dtype=real, ndim=2),  # [N, 1 + G]
+        density_out: ti.types.ndarray(dtype=real, ndim=2),  # [N, 1 + G + any padding]
         out: ti.types.ndarray(dtype=real, ndim=2),  # [N, sh + G] written
     ):
-        width = out.shape[1]
         if ti.static(per_element):
             for i in range(directions.shape[0] * width):
                 n, k = i // width, i % width
@@ -83,13 +84,13 @@ def _kernels(degree: int, dtype: torch.dtype, arch: str):
     @ti.kernel
     def backward(
         grad_out: ti.types.ndarray(dtype=real, ndim=2),  # [N, sh + G]
-        grad_density_out: ti.types.ndarray(dtype=real, ndim=2),  # [N, 1 + G] written
+        grad_density_out: ti.types.ndarray(dtype=real, ndim=2),  # [N, 1 + G + any padding] written
     ):
-        width = grad_density_out.shape[1]
-        for i in range(grad_out.shape[0] * width):
-            n, g = i // width, i % width
+        padded = grad_density_out.shape[1]
+        for i in range(grad_out.shape[0] * padded):
+            n, g = i // padded, i % padded
             value = ti.cast(0.0, real)
-            if g > 0:
+            if 0 < g <= features:
                 value = grad_out[n, sh + g - 1]
             grad_density_out[n, g] = value
 
@@ -98,27 +99,29 @@ def _kernels(degree: int, dtype: torch.dtype, arch: str):
 
 class _ColorInput(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, directions, density_out, degree):
-        forward, _ = _kernels(degree, density_out.dtype, runtime.current_arch())
-        out = torch.empty(density_out.shape[0], degree * degree + density_out.shape[1] - 1, dtype=density_out.dtype,
+    def forward(ctx, directions, density_out, degree, features):
+        forward, _ = _kernels(degree, features, density_out.dtype, runtime.current_arch())
+        out = torch.empty(density_out.shape[0], degree * degree + features, dtype=density_out.dtype,
                           device=density_out.device)
         if out.shape[0]:
             forward(directions, density_out.detach(), out)  # detached: Taichi would give it a .grad
-        ctx.degree = degree
+        ctx.degree, ctx.features = degree, features
         ctx.shape = density_out.shape
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        _, backward = _kernels(ctx.degree, grad_out.dtype, runtime.current_arch())
+        _, backward = _kernels(ctx.degree, ctx.features, grad_out.dtype, runtime.current_arch())
         grad = torch.empty(ctx.shape, dtype=grad_out.dtype, device=grad_out.device)
         if grad.shape[0]:
             backward(grad_out.contiguous(), grad)
-        return None, grad, None
+        return None, grad, None, None
 
 
-def color_input(directions: torch.Tensor, density_out: torch.Tensor, degree: int) -> torch.Tensor:
-    """[N, degree^2 + G]: spherical harmonics of ``directions`` [N, 3] (float32, unit), then ``density_out[:, 1:]``."""
+def color_input(directions: torch.Tensor, density_out: torch.Tensor, degree: int,
+                features: int | None = None) -> torch.Tensor:
+    """[N, degree^2 + G]: spherical harmonics of ``directions`` [N, 3] (float32, unit), then
+    ``density_out[:, 1:1 + G]``; G is ``features``, or all of ``density_out`` [N, 1 + G] after its first column."""
     runtime.ensure_initialized()
     if not 1 <= degree <= 4:
         raise ValueError(f"spherical harmonics degree must lie in [1, 4], got {degree}")
@@ -127,8 +130,12 @@ def color_input(directions: torch.Tensor, density_out: torch.Tensor, degree: int
         raise ValueError(f"directions must be [N, 3] float32, got {tuple(directions.shape)} {directions.dtype}")
     if density_out.dim() != 2 or density_out.shape[0] != n or density_out.shape[1] < 1:
         raise ValueError(f"density_out must be [{n}, 1 + G], got {tuple(density_out.shape)}")
+    features = density_out.shape[1] - 1 if features is None else int(features)
+    if not 0 <= features <= density_out.shape[1] - 1:
+        raise ValueError(f"features must lie in [0, {density_out.shape[1] - 1}] for density_out "
+                         f"{tuple(density_out.shape)}, got {features}")
     if density_out.dtype not in _TI_TYPE:
         raise ValueError(f"density_out must be float16/32/64, got {density_out.dtype}")
     runtime.check_device("directions", directions)
     runtime.check_device("density_out", density_out)
-    return _ColorInput.apply(directions.contiguous(), density_out.contiguous(), degree)
+    return _ColorInput.apply(directions.contiguous(), density_out.contiguous(), degree, features)

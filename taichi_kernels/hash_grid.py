@@ -294,12 +294,46 @@ def blended_hash_encode(
 def _encode_half(points, frame_index, coeffs, tables, grid: GridConfig) -> torch.Tensor:
     """Inference under float16 autocast: blend in float32, round the blended tables to float16, look up
     into float16 features (the MLP after it runs in float16 anyway)."""
-    kernel = _kernels(grid, points.dtype, runtime.current_arch(), True, True)[2]
-    with torch.autocast(points.device.type, enabled=False):
-        blended = (coeffs @ tables.reshape(tables.shape[0], -1)).to(torch.float16)
-    out = torch.empty(points.shape[0], grid.output_dim, dtype=torch.float16, device=points.device)
+    return lookup_blended(points, frame_index, blend_tables(coeffs, tables, torch.float16), grid)
+
+
+@torch.no_grad()
+def blend_tables(coeffs: torch.Tensor, tables: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The K basis tables [K, P, C] blended per frame by ``coeffs`` [F, K] (in float32 or the tables' wider
+    type), stored as ``dtype``: [F, P, C], no autograd. What the encoder gathers from; an inference render
+    blends once and looks up many times (``lookup_blended``)."""
+    if coeffs.dim() != 2 or tables.dim() != 3 or coeffs.shape[1] != tables.shape[0]:
+        raise ValueError(f"coeffs [F, K] and tables [K, P, C] must agree on K, got {list(coeffs.shape)} and "
+                         f"{list(tables.shape)}")
+    with torch.autocast(tables.device.type, enabled=False):
+        blended = coeffs.to(tables.dtype) @ tables.reshape(tables.shape[0], -1)
+    return blended.to(dtype).reshape(coeffs.shape[0], *tables.shape[1:])
+
+
+@torch.no_grad()
+def lookup_blended(points: torch.Tensor, frame_index: torch.Tensor, blended: torch.Tensor,
+                   grid: GridConfig) -> torch.Tensor:
+    """Features [N, L * C] in ``blended``'s type (float16, float32 or float64) of points [N, 3] (float32, or
+    float64 with float64 tables) from tables already blended per frame, ``blended`` [F, P, C]
+    (``blend_tables``); ``frame_index`` [N] int32 picks the frame. No autograd: the forward of
+    ``blended_hash_encode`` without its blend."""
+    runtime.ensure_initialized()
+    if list(blended.shape[1:]) != [grid.table_entries, grid.features_per_level] or blended.dim() != 3:
+        raise ValueError(f"blended must be [F, {grid.table_entries}, {grid.features_per_level}] for this grid, "
+                         f"got {list(blended.shape)}")
+    real = torch.float32 if blended.dtype == torch.float16 else blended.dtype
+    if points.dtype != real or real not in _TI_REAL:
+        raise ValueError(f"points must be {real} for {blended.dtype} blended tables, got {points.dtype}")
+    if frame_index.dtype != torch.int32 or frame_index.shape != points.shape[:1]:
+        raise ValueError(f"frame_index must be [N] = [{points.shape[0]}] int32, got {list(frame_index.shape)} "
+                         f"{frame_index.dtype}")
+    for name, t in (("points", points), ("frame_index", frame_index), ("blended", blended)):
+        runtime.check_device(name, t)
+    forward, _, forward_half = _kernels(grid, real, runtime.current_arch(), True, True)
+    out = torch.empty(points.shape[0], grid.output_dim, dtype=blended.dtype, device=points.device)
     if points.shape[0] > 0:
-        kernel(points, frame_index, blended.reshape(-1, grid.table_entries, grid.features_per_level), out)
+        kernel = forward_half if blended.dtype == torch.float16 else forward
+        kernel(points.contiguous(), frame_index.contiguous(), blended.contiguous(), out)
     return out
 
 

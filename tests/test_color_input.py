@@ -54,6 +54,28 @@ def test_half_precision_output_rounds_the_harmonics_only():
     assert (out[:, :16].float() - ref[:, :16].float()).abs().max() <= 2e-3
 
 
+@pytest.mark.parametrize("arch", ["cpu", "cuda"])
+def test_padded_density_rows_give_the_first_features_and_zero_gradient_to_the_padding(arch):
+    # The inference MLP pads the density output [N, 1 + G] with zero columns to [N, 72]; ``features=G`` reads
+    # only the first G after the density column, and the padding gets zero gradient.
+    d = unit_directions(50, seed=4)
+    h = torch.randn(d.shape[0], 65)
+    padded = torch.cat([h, torch.randn(d.shape[0], 7)], dim=1).requires_grad_(True)
+    out = kernel.color_input(d, padded, 4, features=64)
+    assert out.shape == (d.shape[0], 80)
+    assert torch.allclose(out, reference.color_input(d, h, 4), atol=2e-6)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    assert torch.equal(padded.grad[:, 1:65], grad_out[:, 16:])
+    assert (padded.grad[:, 0] == 0).all() and (padded.grad[:, 65:] == 0).all()
+    forward = kernel._kernels(4, 60, torch.float32, arch)[0]  # both thread layouts, fewer features than given
+    few = torch.empty(d.shape[0], 16 + 60)
+    forward(d, padded.detach(), few)
+    assert torch.equal(few[:, 16:], h[:, 1:61])
+    with pytest.raises(ValueError, match="features"):
+        kernel.color_input(d, padded, 4, features=72)
+
+
 def test_empty_batch_and_bad_input():
     empty = kernel.color_input(torch.zeros(0, 3), torch.zeros(0, 65, requires_grad=True), 4)
     assert empty.shape == (0, 80)
@@ -72,10 +94,11 @@ def test_both_thread_layouts_match_the_reference(arch):
     # both layouts run here on whatever backend Taichi uses.
     d = unit_directions(100, seed=3)
     h = torch.randn(d.shape[0], 65)
-    forward, backward = kernel._kernels(4, torch.float32, arch)
+    forward, backward = kernel._kernels(4, 64, torch.float32, arch)
     out = torch.empty(d.shape[0], 16 + 64)
     forward(d, h, out)
     assert torch.allclose(out, reference.color_input(d, h, 4), atol=2e-6)
     grad_out, grad = torch.randn_like(out), torch.full_like(h, float("nan"))
     backward(grad_out, grad)
     assert (grad[:, 0] == 0).all() and torch.equal(grad[:, 1:], grad_out[:, 16:])
+

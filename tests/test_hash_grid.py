@@ -63,6 +63,24 @@ def test_inference_under_float16_autocast_gives_float16_features_close_to_the_tw
         assert hash_grid.blended_hash_encode(points, frame_index, coeffs, tables.requires_grad_(), MIXED).dtype == torch.float32
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_lookup_in_tables_blended_once_matches_the_twin(dtype):
+    points, frame_index, coeffs, tables = make_inputs(MIXED, 400, frames=3, dtype=torch.float64)
+    points[0] = torch.tensor([1.5, 0.5, 0.5], dtype=torch.float64)  # outside the box: zero features
+    want = reference.blended_hash_encode(points, frame_index, coeffs, tables, MIXED)
+    real = torch.float64 if dtype == torch.float64 else torch.float32
+    blended = hash_grid.blend_tables(coeffs.to(real), tables.to(real), dtype)
+    out = hash_grid.lookup_blended(points.to(real), frame_index, blended, MIXED)
+    assert blended.shape == (3, MIXED.table_entries, MIXED.features_per_level) and out.dtype == dtype
+    tolerance = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
+    assert (out.double() - want).abs().max() <= tolerance * want.abs().max()
+    assert (out[0] == 0).all() and want.abs().max() > 0
+    with pytest.raises(ValueError, match="points must be"):
+        hash_grid.lookup_blended(points.to(real).half(), frame_index, blended, MIXED)
+    with pytest.raises(ValueError, match="blended must be"):
+        hash_grid.lookup_blended(points.to(real), frame_index, blended[:, :-1], MIXED)
+
+
 def test_one_thread_per_sample_backward_variant_matches_twin():
     points, frame_index, coeffs, tables = make_inputs(MIXED, 200, frames=2)
     fn = hash_grid._function(MIXED, torch.float32, "cpu", warp_merge=True, pair_x=False)

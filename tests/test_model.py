@@ -1,7 +1,7 @@
 import torch
 
 from nerfbs.config import ModelConfig
-from nerfbs.field import MLP, BlendShapeField
+from nerfbs.field import MLP, BlendShapeField, FrozenMLP
 from taichi_kernels.grid_layout import GridConfig
 
 
@@ -36,3 +36,36 @@ def test_inference_mlp_with_fused_relu_matches_the_layer_by_layer_mlp():
     assert torch.allclose(fused, plain, atol=1e-5, rtol=1e-5)
     assert torch.allclose(trained, plain, atol=1e-5, rtol=1e-5) and trained.requires_grad
     assert (plain != 0).any() and (plain < 0).any()  # ReLUs inside, an unclamped linear last layer
+
+
+def test_frozen_field_blends_once_and_matches_the_field():
+    cfg = ModelConfig(grid=GridConfig(num_bases=3, num_levels=2, log2_table_size=8, finest_resolution=32))
+    field = BlendShapeField(cfg, bound=0.06)
+    with torch.no_grad():
+        field.encoder.tables.normal_(0, 1)
+    points = (torch.rand(100, 3) - 0.5) * 0.1
+    dirs = torch.nn.functional.normalize(torch.randn(100, 3), dim=-1)
+    frame = torch.randint(0, 2, (100,), dtype=torch.int32)
+    coeffs = torch.rand(2, 3)
+    frozen = field.frozen(coeffs)
+    with torch.no_grad():
+        sigma, rgb = field(points, dirs, frame, coeffs)
+        field.encoder.tables.zero_()  # the frozen field keeps the tables it blended
+    got_sigma, got_rgb = frozen(points, dirs, frame)
+    assert torch.allclose(got_sigma, sigma, atol=1e-6) and torch.allclose(got_rgb, rgb, atol=1e-6)
+    assert torch.allclose(frozen.density(points, frame), sigma, atol=1e-6)
+    assert sigma.std() > 0 and not got_sigma.requires_grad
+    other = field(points, dirs, frame, coeffs)[0].detach()
+    assert not torch.allclose(other, sigma)  # zeroed tables would change the live field
+
+
+def test_frozen_mlp_pads_its_last_layer_with_zero_outputs():
+    torch.manual_seed(1)
+    net = MLP(16, 32, 2, 65)
+    x = torch.randn(40, 16)
+    frozen = FrozenMLP(net, torch.float32, align=8)
+    out = frozen(x)
+    assert out.shape == (40, 72)
+    assert torch.allclose(out[:, :65], net(x).detach(), atol=1e-5) and out[:, :65].abs().sum() > 0
+    assert (out[:, 65:] == 0).all()
+    assert FrozenMLP(net, torch.float32, align=1)(x).shape == (40, 65)

@@ -111,10 +111,8 @@ def render_rays(field: BlendShapeField, grid: OccupancyGrid, config: RenderConfi
     params = MarchParams.from_render_config(config)
     chunk = max(1, min(chunk, (1 << 24) // samples_per_round))
 
-    def field_fn(points, dirs, frame_index):
-        with torch.autocast(points.device.type, dtype=torch.float16, enabled=points.device.type == "cuda"):
-            sigma, rgb = field(points, dirs, frame_index, coeffs)
-        return sigma.float(), rgb.float()
+    # Float16 on the GPU (the field's tables blended once, its MLPs' weights cast once, for every round).
+    field_fn = field.frozen(coeffs, torch.float16 if origins.device.type == "cuda" else torch.float32)
 
     outs, per_ray = [], []
     for start in range(0, origins.shape[0], chunk):
