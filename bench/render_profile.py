@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--subject", type=Path, default=None)
     parser.add_argument("--frames", type=int, default=20)
     parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--per-round", default="", help="also time these first-round sample counts, e.g. 16,32,64")
     args = parser.parse_args()
     avatar = load_avatar(args.checkpoint, subject_dir=args.subject)
     avatar.field.eval()
@@ -36,24 +37,29 @@ def main() -> None:
     background = s.background.float() / 255.0
     frames = [int(i) for i in s.test_indices][: args.frames]
 
-    def one(f: int, stats: dict | None = None) -> None:
+    def one(f: int, stats: dict | None = None, per_round: int | None = None) -> None:
         images = render_image(avatar.field, avatar.grid, avatar.config.render, s.poses[f], s.intrinsics, s.coeffs[f],
-                              background, stats=stats)
+                              background, stats=stats, samples_per_round=per_round)
         images.rgb.clamp(0, 1).mul(255).to(torch.uint8).cpu()
 
-    for f in frames[:3]:
-        one(f)
-    sync()
-    start = time.perf_counter()
-    rounds, samples = 0, 0
-    for f in frames:
-        stats: dict = {}
-        one(f, stats)
-        rounds += stats["rounds"]
-        samples += stats["samples"]
-    sync()
-    ms = 1e3 * (time.perf_counter() - start) / len(frames)
-    print(f"{ms:.1f} ms per frame, {rounds / len(frames):.1f} rounds, {samples / len(frames) / 1e6:.2f} M samples per frame")
+    for per_round in [None] + [int(n) for n in args.per_round.split(",") if n]:
+        for f in frames[:3]:
+            one(f, per_round=per_round)
+        sync()
+        start = time.perf_counter()
+        rounds, samples, kernel_ms = 0, 0, 0.0
+        for f in frames:
+            stats: dict = {}
+            one(f, stats, per_round)
+            rounds += stats["rounds"]
+            samples += stats["samples"]
+            kernel_ms += stats["round_kernel_ms"]
+        sync()
+        ms = 1e3 * (time.perf_counter() - start) / len(frames)
+        n = len(frames)
+        print(f"{ms:.1f} ms per frame, {rounds / n:.1f} rounds, {samples / n / 1e6:.2f} M samples per frame, "
+              f"{kernel_ms / n:.1f} ms from round launches to counters (first round: {per_round or 'default'} "
+              "samples per ray)")
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
                                                           if torch.cuda.is_available() else [])
     with torch.profiler.profile(activities=activities) as prof:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nerfbs.atomic import write_text  # noqa: E402
 from nerfbs.export.avatar import load_avatar  # noqa: E402
 from nerfbs.viewer.camera import View, fov_y_of  # noqa: E402
+from nerfbs.viewer import frames  # noqa: E402
 from nerfbs.viewer.frames import FrameRenderer, sequences  # noqa: E402
 from nerfbs.viewer.loop import JPEG_QUALITY, RenderLoop  # noqa: E402
 from nerfbs.viewer.state import ViewerState  # noqa: E402
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=100, help="slider changes timed")
     parser.add_argument("--warmup", type=int, default=5, help="slider changes before timing")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--main-thread", action="store_true",
+                        help="serve each change on the main thread (the loop's own _serve, no render thread)")
     args = parser.parse_args()
 
     avatar = load_avatar(args.checkpoint, subject_dir=args.subject)
@@ -75,6 +78,14 @@ def main() -> None:
             cond.notify_all()
 
     render_seconds: list[float] = []
+    loop_stats: list[dict] = []  # the inference loop's figures of every frame the viewer rendered
+    plain_render_image = frames.render_image
+
+    def render_image_with_stats(*a, **kw):
+        loop_stats.append({})
+        return plain_render_image(*a, stats=loop_stats[-1], **kw)
+
+    frames.render_image = render_image_with_stats
 
     def timed_render(*a):
         start = time.perf_counter()
@@ -90,7 +101,9 @@ def main() -> None:
             cond.notify_all()
 
     renderer.warm_up(seq.poses[0], seq.coeffs[0])  # Taichi compiles on the main thread only
-    loop = RenderLoop(state, timed_render, send, error=failed).start()
+    loop = RenderLoop(state, timed_render, send, error=failed)
+    if not args.main_thread:
+        loop.start()
     state.set_view(0, View(pose=seq.poses[0], fov_y=fov_y_of(avatar.subject.intrinsics), aspect=1.0), moving=False)
     names = avatar.coeff_names or [str(i) for i in range(len(lo))]
     order = sorted(range(len(lo)), key=lambda i: (names[i] != "jawOpen", -(hi[i] - lo[i])))
@@ -102,6 +115,12 @@ def main() -> None:
             value = float(hi[index] if n % 2 == 0 else lo[index])
             start = time.perf_counter()
             version, _ = state.set_coefficient(index, value)
+            if args.main_thread:
+                request = state.next_request(timeout=1.0)
+                try:
+                    loop._serve(request)
+                finally:
+                    state.served(request)
             with cond:
                 if not cond.wait_for(lambda: failures or (sent and sent[-1][1] >= version), timeout=600):
                     raise RuntimeError("no frame came within 10 minutes")
@@ -118,16 +137,20 @@ def main() -> None:
         "checkpoint": str(args.checkpoint), "step": avatar.step, "device": avatar.device.type,
         "gpu": __import__("torch").cuda.get_device_name() if avatar.device.type == "cuda" else f"{os.cpu_count()} CPU threads",
         "size": [args.side, args.side], "changes": args.changes,
+        "thread": "main" if args.main_thread else "render thread",
         "latency_ms": {"median": 1e3 * percentile(latencies, 50), "p90": 1e3 * percentile(latencies, 90),
                        "mean": 1e3 * float(np.mean(latencies)), "max": 1e3 * max(latencies)},
         "render_ms_median": 1e3 * percentile(render_seconds[timed], 50),
         "jpeg_ms_median": 1e3 * percentile(encode_seconds[timed], 50),
+        "rounds_mean": float(np.mean([st["rounds"] for st in loop_stats[timed]])),
+        "samples_per_frame_mean": float(np.mean([st["samples"] for st in loop_stats[timed]])),
         "frames_sent": len(sent),
     }
     lat = result["latency_ms"]
-    print(f"{result['device']} ({result['gpu']}), {args.side}x{args.side}, {args.changes} slider changes: "
+    print(f"{result['device']} ({result['gpu']}), {args.side}x{args.side}, {args.changes} slider changes, {result['thread']}: "
           f"latency median {lat['median']:.1f} ms, p90 {lat['p90']:.1f} ms (mean {lat['mean']:.1f}, max {lat['max']:.1f}); "
-          f"rendering {result['render_ms_median']:.1f} ms, JPEG {result['jpeg_ms_median']:.1f} ms (medians)")
+          f"rendering {result['render_ms_median']:.1f} ms, JPEG {result['jpeg_ms_median']:.1f} ms (medians); "
+          f"{result['samples_per_frame_mean'] / 1e6:.2f} M samples in {result['rounds_mean']:.1f} rounds per frame")
     if args.json:
         write_text(args.json, json.dumps(result, indent=1))
 
