@@ -4,23 +4,11 @@
 # then, on that avatar, a single frame's render profile and the viewer's slider-to-frame latency with the code
 # before this session's change (.carry/base: `git archive cb6fdd5 nerfbs taichi_kernels cli.py` plus today's
 # bench/) and after it (the working tree: the K tables blended once per render instead of once per round).
-# Prepared here: bash ../shared/tools/gpu-wheels.sh (.gpu/), python3 bench/carry.py pack --out .carry/katie
-# new=<nerfbs preprocess of talk_speech_katie.mp4>. Carry .gpu and .carry. Everything comes back as results.tgz.
+# Prepared here as bench/gpu/katie_setup.sh says. Carry .gpu and .carry. Everything comes back as results.tgz.
 # A CPU dry run: MINUTES=0.3 MODEL=small NERFBS_ARCH=cpu SIDE=64 FRAMES=2 OUT=/tmp/out bash bench/gpu/session8_call1.sh
-set -u
-T0=$(date +%s)
 MINUTES=${MINUTES:-5} MODEL=${MODEL:-original} SIDE=${SIDE:-512} FRAMES=${FRAMES:-20}
-R=/tmp/results; rm -rf $R; mkdir -p $R
-finish() { ( cd $R && tar -czf $OUT/results.tgz . ); echo "done $(( $(date +%s) - T0 )) s"; }
-trap finish EXIT
-if [ -f .gpu/taichi-slim.tar.xz ] && ! python3 -c "import taichi" 2>/dev/null; then
-    mkdir -p /tmp/site && tar -xJf .gpu/taichi-slim.tar.xz -C /tmp/site && python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-python3 bench/carry.py unpack .carry/katie --to /tmp/subjects > $R/unpack.log 2>&1 || { cat $R/unpack.log; exit 1; }
-S=/tmp/subjects/katie_new
+source bench/gpu/katie_setup.sh
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv,noheader > $R/gpu.txt 2>&1
-echo "setup $(( $(date +%s) - T0 )) s"
 timeout $(( 430 - $(date +%s) + T0 )) python3 bench/samples.py --subject $S --test-last 40 --minutes $MINUTES --model $MODEL --workspace /tmp/ws/katie \
     --pictures $R/katie_pictures --out $R/katie_samples.json > $R/katie_samples.log 2>&1
 echo "trained $(( $(date +%s) - T0 )) s"

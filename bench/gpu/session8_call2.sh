@@ -5,22 +5,10 @@
 # bench/): the viewer's slider-to-frame latency, the held-out render figures (batch 8 and one frame at a time) and
 # a single frame's profile. This session's inference path: the K tables blended once per render, the MLPs'
 # weights cast once, their last layers padded to 8 outputs, the colour input's row width a compile-time constant.
-# Prepared here as for session8_call1.sh. Carry .gpu and .carry. Everything comes back as results.tgz.
+# Prepared here as bench/gpu/katie_setup.sh says. Carry .gpu and .carry. Everything comes back as results.tgz.
 # A CPU dry run: MINUTES=0.2 MODEL=small NERFBS_ARCH=cpu SIDE=64 FRAMES=2 OUT=/tmp/out bash bench/gpu/session8_call2.sh
-set -u
-T0=$(date +%s)
 MINUTES=${MINUTES:-5} MODEL=${MODEL:-original} SIDE=${SIDE:-512} FRAMES=${FRAMES:-20}
-R=/tmp/results; rm -rf $R; mkdir -p $R
-finish() { ( cd $R && tar -czf $OUT/results.tgz . ); echo "done $(( $(date +%s) - T0 )) s"; }
-trap finish EXIT
-left() { echo $(( 585 - $(date +%s) + T0 )); }
-if [ -f .gpu/taichi-slim.tar.xz ] && ! python3 -c "import taichi" 2>/dev/null; then
-    mkdir -p /tmp/site && tar -xJf .gpu/taichi-slim.tar.xz -C /tmp/site && python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-python3 bench/carry.py unpack .carry/katie --to /tmp/subjects > $R/unpack.log 2>&1 || { cat $R/unpack.log; exit 1; }
-S=/tmp/subjects/katie_new
-echo "setup $(( $(date +%s) - T0 )) s"
+source bench/gpu/katie_setup.sh
 timeout $(( $(left) - 150 )) python3 bench/empty_space.py run --subject $S --test-last 40 --minutes $MINUTES --model $MODEL \
     --variant today --render-frames $FRAMES --workspace /tmp/ws/katie --out $R/katie_new.json > $R/katie_new.log 2>&1
 echo "trained $(( $(date +%s) - T0 )) s"; tail -4 $R/katie_new.log

@@ -6,23 +6,12 @@
 # (figures drifted by up to 20 % within call 2): this session's code and the code before it (.carry/base, as in
 # session8_call2.sh) on the render thread, this session's code served on the main thread, then both again.
 # BUDGET: seconds for the whole call.
-# Prepared here as for session8_call1.sh. Carry .gpu and .carry. Everything comes back as results.tgz.
+# Prepared here as bench/gpu/katie_setup.sh says. Carry .gpu and .carry. Everything comes back as results.tgz.
 # A CPU dry run: MINUTES=0.2 MODEL=small NERFBS_ARCH=cpu SIDE=64 OUT=/tmp/out bash bench/gpu/session8_call3.sh
-set -u
-T0=$(date +%s)
 MINUTES=${MINUTES:-5} MODEL=${MODEL:-original} SIDE=${SIDE:-512}
-R=/tmp/results; rm -rf $R; mkdir -p $R
-finish() { ( cd $R && tar -czf $OUT/results.tgz . ); echo "done $(( $(date +%s) - T0 )) s"; }
-trap finish EXIT
-left() { echo $(( ${BUDGET:-480} - $(date +%s) + T0 )); }
-cap() { local l=$(left); echo $(( l < $1 ? (l > 1 ? l : 1) : $1 )); }
-if [ -f .gpu/taichi-slim.tar.xz ] && ! python3 -c "import taichi" 2>/dev/null; then
-    mkdir -p /tmp/site && tar -xJf .gpu/taichi-slim.tar.xz -C /tmp/site && python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-python3 bench/carry.py unpack .carry/katie --to /tmp/subjects > $R/unpack.log 2>&1 || { cat $R/unpack.log; exit 1; }
-S=/tmp/subjects/katie_new
-echo "setup $(( $(date +%s) - T0 )) s"
+BUDGET=${BUDGET:-480}
+source bench/gpu/katie_setup.sh
+cap() { local l=$(left); echo $(( l < $1 ? (l > 1 ? l : 1) : $1 )); }  # seconds: at most $1, at most what is left
 K=/tmp/ws/katie/checkpoints/latest.pth
 python3 bench/empty_space.py run --subject $S --test-last 40 --minutes $MINUTES --model $MODEL \
     --variant today --no-render --workspace /tmp/ws/katie --out $R/katie.json > $R/katie.log 2>&1 &
