@@ -299,8 +299,8 @@ def _encode_half(points, frame_index, coeffs, tables, grid: GridConfig) -> torch
 
 @torch.no_grad()
 def blend_tables(coeffs: torch.Tensor, tables: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The K basis tables [K, P, C] blended per frame by ``coeffs`` [F, K] (in float32 or the tables' wider
-    type), stored as ``dtype``: [F, P, C], no autograd. What the encoder gathers from; an inference render
+    """The K basis tables [K, P, C] blended per frame by ``coeffs`` [F, K] (in the tables' type, float32 for
+    a trained field), stored as ``dtype``: [F, P, C], no autograd. What the encoder gathers from; an inference render
     blends once and looks up many times (``lookup_blended``)."""
     if coeffs.dim() != 2 or tables.dim() != 3 or coeffs.shape[1] != tables.shape[0]:
         raise ValueError(f"coeffs [F, K] and tables [K, P, C] must agree on K, got {list(coeffs.shape)} and "
