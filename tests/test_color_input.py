@@ -101,4 +101,3 @@ def test_both_thread_layouts_match_the_reference(arch):
     grad_out, grad = torch.randn_like(out), torch.full_like(h, float("nan"))
     backward(grad_out, grad)
     assert (grad[:, 0] == 0).all() and torch.equal(grad[:, 1:], grad_out[:, 16:])
-
