@@ -1,6 +1,6 @@
 #!/bin/bash
 # Session 8, device call 3 (issue 16), planned for the next device time: it ran once and measured nothing (the
-# wait for the checkpoint gave up 5 s before training wrote it, and the session's device time was spent). Katie,
+# wait for the checkpoint gave up before training had written it, and the session's device time was spent). Katie,
 # the default recipe, 5 minutes (bench/empty_space.py run, stopped once its checkpoint is written: session 8's call 2
 # scored the same recipe's held-out frames); then on that avatar the viewer's slider-to-frame latency, interleaved
 # (figures drifted by up to 20 % within call 2): this session's code and the code before it (.carry/base, as in
