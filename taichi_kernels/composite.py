@@ -16,6 +16,7 @@ import taichi as ti
 import torch
 
 from taichi_kernels import runtime
+from taichi_kernels.launch import fast
 
 _TI_REAL = {torch.float32: ti.f32, torch.float64: ti.f64}
 
@@ -31,6 +32,7 @@ def weight_and_transmittance(T, sigma, dt):
 def _kernels(dtype: torch.dtype):
     real = _TI_REAL[dtype]
 
+    @fast
     @ti.kernel
     def forward(
         sigmas: ti.types.ndarray(dtype=real, ndim=1),  # [M] densities
@@ -59,6 +61,7 @@ def _kernels(dtype: torch.dtype):
                 out[r, k] = acc[k]
             used[r] = n
 
+    @fast
     @ti.kernel
     def backward(
         sigmas: ti.types.ndarray(dtype=real, ndim=1),  # [M]

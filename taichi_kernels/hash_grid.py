@@ -27,6 +27,7 @@ from torch import nn
 
 from taichi_kernels import runtime
 from taichi_kernels.grid_layout import GridConfig
+from taichi_kernels.launch import fast
 
 _PRIMES = (1, 2654435761, 805459861)
 _TI_REAL = {torch.float32: ti.f32, torch.float64: ti.f64}
@@ -91,6 +92,7 @@ def _kernels(grid: GridConfig, dtype: torch.dtype, arch: str, warp_merge: bool, 
         return ti.select(inside, x, ti.Vector.zero(real, 3)), inside
 
     def make_forward(store):
+        @fast
         @ti.kernel
         def forward(
             points: ti.types.ndarray(dtype=real, ndim=2),  # [N, 3] points in [0, 1]^3
@@ -150,6 +152,7 @@ def _kernels(grid: GridConfig, dtype: torch.dtype, arch: str, warp_merge: bool, 
         elif valid:
             ti.atomic_add(grad_blended[f, row, c], value)
 
+    @fast
     @ti.kernel
     def backward(
         points: ti.types.ndarray(dtype=real, ndim=2),  # [N, 3] points in [0, 1]^3

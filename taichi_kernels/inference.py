@@ -15,6 +15,7 @@ import torch
 
 from taichi_kernels import runtime
 from taichi_kernels.composite import weight_and_transmittance
+from taichi_kernels.launch import fast
 from taichi_kernels.march import check_grid, check_rays, grid_stepper, ray_box_interval
 from taichi_kernels.occupancy import OccupancyGrid
 from taichi_kernels.samples import FieldFn, MarchParams
@@ -29,6 +30,7 @@ def _kernels(res: int, params: MarchParams):
     next_sample = grid_stepper(res, params)
 
     def make_round(first: bool):
+        @fast
         @ti.kernel
         def render_round(
             rays: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [R, 8] ox oy oz dx dy dz t far; t (and first: t, far) written

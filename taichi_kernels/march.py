@@ -17,6 +17,7 @@ import taichi as ti
 import torch
 
 from taichi_kernels import runtime
+from taichi_kernels.launch import fast
 from taichi_kernels.occupancy import OccupancyGrid, cell_index, cell_of, is_occupied
 from taichi_kernels.samples import MarchParams, Samples
 
@@ -74,6 +75,7 @@ def next_sample_in_grid(o, d, t_start, far, bitfield: ti.template(), res, bound,
 
 @functools.cache
 def _aabb_kernel():
+    @fast
     @ti.kernel
     def aabb(
         origins: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [R, 3] float32 world
@@ -118,6 +120,7 @@ def _kernels(res: int, params: MarchParams):
     next_sample = grid_stepper(res, params)
 
     def make_train(write: bool):
+        @fast
         @ti.kernel
         def march(
             origins: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [R, 3] float32

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from taichi_kernels import runtime
+from taichi_kernels.launch import fast
 
 DensityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -48,6 +49,7 @@ def is_occupied(bitfield: ti.template(), index):
 
 @functools.cache
 def _pack_kernel():
+    @fast
     @ti.kernel
     def pack(
         density: ti.types.ndarray(dtype=ti.f32, ndim=1),  # [C] float32, one density per cell
