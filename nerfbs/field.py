@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nerfbs.config import ModelConfig
-from taichi_kernels.color_input import color_input
+from taichi_kernels.color_input import color_input, write_harmonics
 from taichi_kernels.hash_grid import BlendedHashGrid, blend_tables, lookup_blended
 
 
@@ -34,6 +34,10 @@ class MLP(nn.Sequential):
         blocks.append(nn.Linear(dims[-1], dim_out, bias=False))
         super().__init__(*blocks)
 
+    def weights(self) -> list[torch.Tensor]:
+        """The layers' weights [out, in], first to last, detached."""
+        return [layer.weight.detach() for layer in list(self)[0::2]]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, in] -> [N, out]; without autograd, one fused addmm + ReLU per layer in the autocast dtype."""
         if not self.fused_inference or torch.is_grad_enabled():
@@ -44,25 +48,32 @@ class MLP(nn.Sequential):
 
 
 class FrozenMLP:
-    """An ``MLP`` for inference, its weights cast to ``dtype`` once (a render calls it every round) and its last
-    layer's rows padded with zeros to a multiple of ``align``: calls return [N, out rounded up to align]. cuBLAS
-    runs a product whose output rows are not 16-byte aligned (65 or 3 float16 columns) on slow generic kernels
-    (docs/PERF.md, session 8)."""
+    """An ``MLP`` for inference (or its weights, ``MLP.weights``), cast to ``dtype`` once (a render calls it every
+    round) and its last layer's rows padded with zeros to a multiple of ``align``: calls return [N, ``width``],
+    the outputs rounded up to ``align``. cuBLAS runs a product whose output rows are not 16-byte aligned (65 or 3
+    float16 columns) on slow generic kernels (docs/PERF.md, session 8)."""
 
-    def __init__(self, mlp: MLP, dtype: torch.dtype, align: int = 1):
-        weights = [layer.weight.detach().to(dtype) for layer in list(mlp)[0::2]]
+    def __init__(self, mlp: "MLP | list[torch.Tensor]", dtype: torch.dtype, align: int = 1):
+        weights = [w.to(dtype) for w in (mlp.weights() if isinstance(mlp, MLP) else mlp)]
         last = weights.pop()
         rows = -(-last.shape[0] // align) * align
         self.hidden = [(w.new_zeros(w.shape[0]), w.t()) for w in weights]  # (zero bias, weight^T)
         self.last_t = torch.cat([last, last.new_zeros(rows - last.shape[0], last.shape[1])]).t()
         self.dtype = dtype
 
+    @property
+    def width(self) -> int:
+        """Columns of the output: the outputs padded to the alignment."""
+        return self.last_t.shape[1]
+
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, width]; written into ``out`` when given (a view with unit column stride, as a slice of a wider row:
+        cuBLAS writes it in place)."""
         h = x.to(self.dtype)
         for bias, weight_t in self.hidden:
             h = torch._addmm_activation(bias, h, weight_t)
-        return h @ self.last_t
+        return h @ self.last_t if out is None else torch.mm(h, self.last_t, out=out)
 
 
 class BlendShapeField(nn.Module):
@@ -116,33 +127,49 @@ class BlendShapeField(nn.Module):
 class FrozenField:
     """``BlendShapeField`` without autograd at fixed expressions (``BlendShapeField.frozen``), for the inference
     loop, which calls the field once per round on the same frames: the K tables are blended once (a pass over all
-    of them each round cost as much as a small round's lookups), the MLPs' weights cast once, and their last
-    layers padded to 8 outputs so cuBLAS's fast kernels run them (``FrozenMLP``). Computes in the blended
-    tables' type (float16 for a float16 render)."""
+    of them each round cost as much as a small round's lookups) and the MLPs' weights cast once. Computes in the
+    blended tables' type (float16 for a float16 render).
+
+    Each point's colour input is one row, ``[harmonics, zeros to ALIGN, geometry features, density, zeros to
+    ALIGN]``: ``write_harmonics`` fills its head and the density MLP writes its output, features first, into the
+    rest (its last layer's rows reordered); the colour MLP reads the row's first columns, its first layer's
+    weights laid out the same way. Nothing is copied (the colour-input kernel's copy of the features took 4.4 ms
+    of a 512x512 frame, docs/PERF.md session 9), and every product's rows are 16-byte aligned, which cuBLAS's fast
+    kernels need (``FrozenMLP``)."""
 
     ALIGN = 8  # float16 rows of 8 are 16 bytes
 
     def __init__(self, field: BlendShapeField, blended: torch.Tensor):
+        config = field.config
         self.field = field
         self.blended = blended  # [F, P, C]
-        self.density_net = FrozenMLP(field.density_net, blended.dtype, self.ALIGN)
-        self.color_net = FrozenMLP(field.color_net, blended.dtype, self.ALIGN)
+        self.degree, self.features = config.sh_degree, config.geo_features
+        sh = self.degree ** 2
+        self.sh_columns = -(-sh // self.ALIGN) * self.ALIGN
+        density = field.density_net.weights()
+        density[-1] = density[-1][list(range(1, 1 + self.features)) + [0]]  # features first, then the density
+        colour = field.color_net.weights()
+        first = colour[0]  # [hidden, sh + G]
+        colour[0] = torch.cat([first[:, :sh], first.new_zeros(first.shape[0], self.sh_columns - sh), first[:, sh:]], 1)
+        self.density_net = FrozenMLP(density, blended.dtype, self.ALIGN)
+        self.color_net = FrozenMLP(colour, blended.dtype, self.ALIGN)
 
     @torch.no_grad()
     def density(self, points: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
         """Density [N] at world points [N, 3]; ``frame_index`` [N] int32 picks the blended frame."""
-        return F.softplus(self._density_out(points, frame_index)[:, 0].float())
+        return F.softplus(self.density_net(self._encode(points, frame_index))[:, self.features].float())
 
     @torch.no_grad()
     def __call__(self, points: torch.Tensor, directions: torch.Tensor,
                  frame_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigma [N], rgb [N, 3]), as ``BlendShapeField.forward`` with the frozen expressions."""
-        h = self._density_out(points, frame_index)  # [N, 1 + G padded]
-        config = self.field.config
-        colour_in = color_input(directions, h, config.sh_degree, features=config.geo_features)
-        rgb = torch.sigmoid(self.color_net(colour_in)[:, :3].float())
-        return F.softplus(h[:, 0].float()), rgb
+        encoded = self._encode(points, frame_index)
+        row = torch.empty(points.shape[0], self.sh_columns + self.density_net.width, dtype=self.blended.dtype,
+                          device=points.device)
+        write_harmonics(directions, row, self.degree, self.sh_columns)
+        self.density_net(encoded, out=row[:, self.sh_columns:])
+        rgb = torch.sigmoid(self.color_net(row[:, :self.sh_columns + self.features])[:, :3].float())
+        return F.softplus(row[:, self.sh_columns + self.features].float()), rgb
 
-    def _density_out(self, points: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
-        features = lookup_blended(self.field._unit(points), frame_index, self.blended, self.field.config.grid)
-        return self.density_net(features)
+    def _encode(self, points: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
+        return lookup_blended(self.field._unit(points), frame_index, self.blended, self.field.config.grid)

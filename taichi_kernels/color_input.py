@@ -2,9 +2,12 @@
 
 ``color_input(directions [N, 3], density_out [N, 1 + G], degree) -> [N, degree^2 + G]``: columns
 ``0 : degree^2`` are the real spherical harmonics of the unit directions (bands 0 to degree - 1, the
-order of ``reference.color_input.spherical_harmonics``), the rest is ``density_out[:, 1:1 + G]`` (the density
-MLP's output without its density column; ``features=G`` reads the first G of a wider row, the inference MLP's
-zero-padded one). The output has ``density_out``'s dtype (float16 under autocast).
+order of ``reference.color_input.spherical_harmonics``), the rest is ``density_out[:, 1:]`` (the density
+MLP's output without its density column). The output has ``density_out``'s dtype (float16 under autocast).
+
+``write_harmonics(directions, row, degree, columns)`` writes the harmonics alone into the first columns of a
+wider row, without autograd: the inference field (``nerfbs.field.FrozenField``) lets the density MLP write its
+features beside them, so the colour MLP reads one row and nothing is copied.
 
 In torch this is ~30 elementwise launches for the harmonics, a cast and a concatenation, each a pass
 over memory: on the H100 it took more time than the density MLP in an inference render (docs/PERF.md).
@@ -17,6 +20,7 @@ import taichi as ti
 import torch
 
 from taichi_kernels import runtime
+from taichi_kernels.launch import fast
 
 _TI_TYPE = {torch.float16: ti.f16, torch.float32: ti.f32, torch.float64: ti.f64}
 
@@ -59,6 +63,7 @@ def _kernels(degree: int, features: int, dtype: torch.dtype, arch: str):
     # warp's stores land in a few 32-byte sectors (a thread per point, writing its row of sh + G values
     # alone, ran 2x slower than torch on the H100: scattered stores). On the CPU one thread per point
     # (rows stay in cache; per element, the harmonics would be recomputed for every column).
+    @fast
     @ti.kernel
     def forward(
         directions: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [N, 3] unit
@@ -81,6 +86,7 @@ def _kernels(degree: int, features: int, dtype: torch.dtype, arch: str):
                 for k in range(sh, width):
                     out[n, k] = density_out[n, 1 + k - sh]
 
+    @fast
     @ti.kernel
     def backward(
         grad_out: ti.types.ndarray(dtype=real, ndim=2),  # [N, sh + G]
@@ -95,6 +101,28 @@ def _kernels(degree: int, features: int, dtype: torch.dtype, arch: str):
             grad_density_out[n, g] = value
 
     return forward, backward
+
+
+@functools.cache
+def _harmonics_kernel(degree: int, columns: int, dtype: torch.dtype):
+    real = _TI_TYPE[dtype]
+    sh = degree * degree
+
+    # One thread per point: its harmonics share their products, and the point's columns are contiguous.
+    @fast
+    @ti.kernel
+    def harmonics(
+        directions: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [N, 3] unit
+        row: ti.types.ndarray(dtype=real, ndim=2),  # [N, W >= columns]: columns 0 .. columns - 1 written
+    ):
+        for n in range(directions.shape[0]):
+            values = _harmonics(directions[n, 0], directions[n, 1], directions[n, 2], degree)
+            for k in ti.static(range(sh)):
+                row[n, k] = ti.cast(values[k], real)
+            for k in ti.static(range(sh, columns)):
+                row[n, k] = ti.cast(0.0, real)
+
+    return harmonics
 
 
 class _ColorInput(torch.autograd.Function):
@@ -118,24 +146,40 @@ class _ColorInput(torch.autograd.Function):
         return None, grad, None, None
 
 
-def color_input(directions: torch.Tensor, density_out: torch.Tensor, degree: int,
-                features: int | None = None) -> torch.Tensor:
-    """[N, degree^2 + G]: spherical harmonics of ``directions`` [N, 3] (float32, unit), then
-    ``density_out[:, 1:1 + G]``; G is ``features``, or all of ``density_out`` [N, 1 + G] after its first column."""
+def _check_directions(directions: torch.Tensor, degree: int) -> None:
     runtime.ensure_initialized()
     if not 1 <= degree <= 4:
         raise ValueError(f"spherical harmonics degree must lie in [1, 4], got {degree}")
-    n = directions.shape[0]
     if directions.dim() != 2 or directions.shape[1] != 3 or directions.dtype != torch.float32:
         raise ValueError(f"directions must be [N, 3] float32, got {tuple(directions.shape)} {directions.dtype}")
+    runtime.check_device("directions", directions)
+
+
+def color_input(directions: torch.Tensor, density_out: torch.Tensor, degree: int) -> torch.Tensor:
+    """[N, degree^2 + G]: spherical harmonics of ``directions`` [N, 3] (float32, unit), then
+    ``density_out[:, 1:]`` of ``density_out`` [N, 1 + G]."""
+    _check_directions(directions, degree)
+    n = directions.shape[0]
     if density_out.dim() != 2 or density_out.shape[0] != n or density_out.shape[1] < 1:
         raise ValueError(f"density_out must be [{n}, 1 + G], got {tuple(density_out.shape)}")
-    features = density_out.shape[1] - 1 if features is None else int(features)
-    if not 0 <= features <= density_out.shape[1] - 1:
-        raise ValueError(f"features must lie in [0, {density_out.shape[1] - 1}] for density_out "
-                         f"{tuple(density_out.shape)}, got {features}")
     if density_out.dtype not in _TI_TYPE:
         raise ValueError(f"density_out must be float16/32/64, got {density_out.dtype}")
-    runtime.check_device("directions", directions)
     runtime.check_device("density_out", density_out)
-    return _ColorInput.apply(directions.contiguous(), density_out.contiguous(), degree, features)
+    return _ColorInput.apply(directions.contiguous(), density_out.contiguous(), degree, density_out.shape[1] - 1)
+
+
+@torch.no_grad()
+def write_harmonics(directions: torch.Tensor, row: torch.Tensor, degree: int, columns: int) -> None:
+    """Write the degree^2 spherical harmonics of ``directions`` [N, 3] (float32, unit) into ``row[:, :degree^2]``
+    and zeros into ``row[:, degree^2:columns]``, in ``row``'s type; ``row`` [N, W] (contiguous, W >= columns)
+    keeps its other columns. No autograd."""
+    _check_directions(directions, degree)
+    n = directions.shape[0]
+    if row.dim() != 2 or row.shape[0] != n or not degree * degree <= columns <= row.shape[1]:
+        raise ValueError(f"row must be [{n}, W] with {degree * degree} <= columns = {columns} <= W, "
+                         f"got {tuple(row.shape)}")
+    if row.dtype not in _TI_TYPE or not row.is_contiguous():
+        raise ValueError(f"row must be a contiguous float16/32/64 tensor, got {row.dtype}")
+    runtime.check_device("row", row)
+    if n:
+        _harmonics_kernel(degree, columns, row.dtype)(directions.contiguous(), row)

@@ -197,11 +197,11 @@ def _render_loop(origins, directions, field_fn, grid, params, acc, ray_ints, per
         if alive == 0:
             return
         first_alive = first_alive or alive
-        sigma = torch.zeros(live, dtype=torch.float32, device=device)
-        rgb = torch.zeros(live, 3, dtype=torch.float32, device=device)
         if live:
             s, c = field_fn(positions[:live], sample_dirs[:live], frames[:live])
             sigma, rgb = s.reshape(-1).float(), c.float()
+        else:
+            sigma, rgb = sigma[:0], rgb[:0]
         work.reverse()
         t_dt.reverse()
         t_dt[1] = t_dt[1] if t_dt[1].shape[0] else torch.empty(capacity, 2, dtype=torch.float32, device=device)

@@ -54,26 +54,26 @@ def test_half_precision_output_rounds_the_harmonics_only():
     assert (out[:, :16].float() - ref[:, :16].float()).abs().max() <= 2e-3
 
 
-@pytest.mark.parametrize("arch", ["cpu", "cuda"])
-def test_padded_density_rows_give_the_first_features_and_zero_gradient_to_the_padding(arch):
-    # The inference MLP pads the density output [N, 1 + G] with zero columns to [N, 72]; ``features=G`` reads
-    # only the first G after the density column, and the padding gets zero gradient.
-    d = unit_directions(50, seed=4)
-    h = torch.randn(d.shape[0], 65)
-    padded = torch.cat([h, torch.randn(d.shape[0], 7)], dim=1).requires_grad_(True)
-    out = kernel.color_input(d, padded, 4, features=64)
-    assert out.shape == (d.shape[0], 80)
-    assert torch.allclose(out, reference.color_input(d, h, 4), atol=2e-6)
-    grad_out = torch.randn_like(out)
-    out.backward(grad_out)
-    assert torch.equal(padded.grad[:, 1:65], grad_out[:, 16:])
-    assert (padded.grad[:, 0] == 0).all() and (padded.grad[:, 65:] == 0).all()
-    forward = kernel._kernels(4, 60, torch.float32, arch)[0]  # both thread layouts, fewer features than given
-    few = torch.empty(d.shape[0], 16 + 60)
-    forward(d, padded.detach(), few)
-    assert torch.equal(few[:, 16:], h[:, 1:61])
-    with pytest.raises(ValueError, match="features"):
-        kernel.color_input(d, padded, 4, features=72)
+@pytest.mark.parametrize("degree", [1, 3, 4])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_harmonics_written_into_a_wider_row_leave_its_other_columns_alone(degree, dtype):
+    # The inference field's row: harmonics, zeros up to ``columns``, then columns the density MLP writes.
+    d = unit_directions(70, seed=degree)
+    sh = degree * degree
+    row = torch.full((d.shape[0], 24), float("nan"), dtype=dtype)
+    row[:, 16:] = 7.0
+    kernel.write_harmonics(d, row, degree, columns=16)
+    ref = reference.spherical_harmonics(d.double(), degree)
+    tolerance = 2e-3 if dtype == torch.float16 else 2e-6  # computed in float32, rounded to the row's type
+    assert (row[:, :sh].double() - ref).abs().max() <= tolerance and ref.abs().sum() > 0
+    assert (row[:, sh:16] == 0).all() and (row[:, 16:] == 7.0).all()
+    kernel.write_harmonics(d[:0], row[:0], degree, columns=sh)  # an empty batch is fine
+    with pytest.raises(ValueError, match="columns"):
+        kernel.write_harmonics(d, row, degree, columns=25)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernel.write_harmonics(d, row[:, 8:], degree, columns=sh)
+    with pytest.raises(ValueError, match="directions"):
+        kernel.write_harmonics(d.double(), row, degree, columns=16)
 
 
 def test_empty_batch_and_bad_input():

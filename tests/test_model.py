@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from nerfbs.config import ModelConfig
@@ -38,8 +39,10 @@ def test_inference_mlp_with_fused_relu_matches_the_layer_by_layer_mlp():
     assert (plain != 0).any() and (plain < 0).any()  # ReLUs inside, an unclamped linear last layer
 
 
-def test_frozen_field_blends_once_and_matches_the_field():
-    cfg = ModelConfig(grid=GridConfig(num_bases=3, num_levels=2, log2_table_size=8, finest_resolution=32))
+@pytest.mark.parametrize("degree, features", [(4, 64), (3, 15)])  # the default's row, and the small model's
+def test_frozen_field_blends_once_and_matches_the_field(degree, features):
+    cfg = ModelConfig(grid=GridConfig(num_bases=3, num_levels=2, log2_table_size=8, finest_resolution=32),
+                      sh_degree=degree, geo_features=features)
     field = BlendShapeField(cfg, bound=0.06)
     with torch.no_grad():
         field.encoder.tables.normal_(0, 1)
