@@ -45,7 +45,7 @@ def main() -> None:
     blended = torch.randn(1, grid.table_entries, grid.features_per_level, device=device).half()
     out = torch.empty(1, grid.output_dim, dtype=torch.float16, device=device)
     kernels = {
-        "harmonics (2 tensors)": (color_input._harmonics_kernel(4, 16, torch.float16), (directions, row)),
+        "harmonics (2 tensors)": (color_input._harmonics_kernel(4, 16, torch.float16, runtime.current_arch()), (directions, row)),
         "hash-grid lookup (4 tensors)": (hash_grid._kernels(grid, torch.float32, runtime.current_arch(), True, True)[2],
                                          (points, frames, blended, out)),
     }

@@ -104,23 +104,37 @@ def _kernels(degree: int, features: int, dtype: torch.dtype, arch: str):
 
 
 @functools.cache
-def _harmonics_kernel(degree: int, columns: int, dtype: torch.dtype):
+def _harmonics_kernel(degree: int, columns: int, dtype: torch.dtype, arch: str):
     real = _TI_TYPE[dtype]
     sh = degree * degree
+    per_element = arch == "cuda"
 
-    # One thread per point: its harmonics share their products, and the point's columns are contiguous.
+    # On CUDA one thread per written element, as the colour input's forward: a thread per point, writing its
+    # columns alone, scattered a warp's stores over 32 rows and took 4.6 ms of a 512x512 frame on the H200
+    # (docs/PERF.md, session 9). Each thread computes the point's harmonics and keeps its own (static indices:
+    # the harmonics stay in registers). On the CPU one thread per point.
     @fast
     @ti.kernel
     def harmonics(
         directions: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [N, 3] unit
         row: ti.types.ndarray(dtype=real, ndim=2),  # [N, W >= columns]: columns 0 .. columns - 1 written
     ):
-        for n in range(directions.shape[0]):
-            values = _harmonics(directions[n, 0], directions[n, 1], directions[n, 2], degree)
-            for k in ti.static(range(sh)):
-                row[n, k] = ti.cast(values[k], real)
-            for k in ti.static(range(sh, columns)):
-                row[n, k] = ti.cast(0.0, real)
+        if ti.static(per_element):
+            for i in range(directions.shape[0] * columns):
+                n, k = i // columns, i % columns
+                values = _harmonics(directions[n, 0], directions[n, 1], directions[n, 2], degree)
+                value = 0.0
+                for j in ti.static(range(sh)):
+                    if k == j:
+                        value = values[j]
+                row[n, k] = ti.cast(value, real)
+        else:
+            for n in range(directions.shape[0]):
+                values = _harmonics(directions[n, 0], directions[n, 1], directions[n, 2], degree)
+                for k in ti.static(range(sh)):
+                    row[n, k] = ti.cast(values[k], real)
+                for k in ti.static(range(sh, columns)):
+                    row[n, k] = ti.cast(0.0, real)
 
     return harmonics
 
@@ -182,4 +196,4 @@ def write_harmonics(directions: torch.Tensor, row: torch.Tensor, degree: int, co
         raise ValueError(f"row must be a contiguous float16/32/64 tensor, got {row.dtype}")
     runtime.check_device("row", row)
     if n:
-        _harmonics_kernel(degree, columns, row.dtype)(directions.contiguous(), row)
+        _harmonics_kernel(degree, columns, row.dtype, runtime.current_arch())(directions.contiguous(), row)

@@ -76,6 +76,16 @@ def test_harmonics_written_into_a_wider_row_leave_its_other_columns_alone(degree
         kernel.write_harmonics(d.double(), row, degree, columns=16)
 
 
+@pytest.mark.parametrize("arch", ["cpu", "cuda"])
+def test_both_harmonics_thread_layouts_match_the_reference(arch):
+    # Per point on the CPU, per element on CUDA; both layouts run here on whatever backend Taichi uses.
+    d = unit_directions(90, seed=5)
+    row = torch.full((d.shape[0], 20), float("nan"))
+    kernel._harmonics_kernel(3, 16, torch.float32, arch)(d, row)
+    assert (row[:, :9].double() - reference.spherical_harmonics(d.double(), 3)).abs().max() < 2e-6
+    assert (row[:, 9:16] == 0).all() and row[:, 16:].isnan().all()
+
+
 def test_empty_batch_and_bad_input():
     empty = kernel.color_input(torch.zeros(0, 3), torch.zeros(0, 65, requires_grad=True), 4)
     assert empty.shape == (0, 80)
