@@ -134,8 +134,8 @@ class FrozenField:
     ALIGN]``: ``write_harmonics`` fills its head and the density MLP writes its output, features first, into the
     rest (its last layer's rows reordered); the colour MLP reads the row's first columns, its first layer's
     weights laid out the same way. Nothing is copied (the colour-input kernel's copy of the features took 4.4 ms
-    of a 512x512 frame, docs/PERF.md session 9), and every product's rows are 16-byte aligned, which cuBLAS's fast
-    kernels need (``FrozenMLP``)."""
+    of a 512x512 frame, docs/PERF.md sessions 8 and 9), and every product's rows are 16-byte aligned, which
+    cuBLAS's fast kernels need (``FrozenMLP``)."""
 
     ALIGN = 8  # float16 rows of 8 are 16 bytes
 

@@ -11,23 +11,9 @@
 MINUTES=${MINUTES:-5} MODEL=${MODEL:-original} SIDE=${SIDE:-512} FRAMES=${FRAMES:-20}
 BUDGET=${BUDGET:-585}
 source bench/gpu/katie_setup.sh
-cap() { local l=$(left); echo $(( l < $1 ? (l > 1 ? l : 1) : $1 )); }  # seconds: at most $1, at most what is left
-rm -rf /tmp/ws/katie
-K=/tmp/ws/katie/checkpoints/latest.pth
-# Training writes the checkpoint after its 5 minutes, then scores the held-out frames and writes the JSON; the
-# scores are waited for until 190 s before the end (the first run of this call killed training at a fixed limit
-# just before it ended: nothing measured).
-python3 bench/empty_space.py run --subject $S --test-last 40 --minutes $MINUTES --model $MODEL --variant today \
-    --no-render --workspace /tmp/ws/katie --out $R/katie_new.json > $R/katie_new.log 2>&1 &
-TRAIN=$!
-while [ ! -f $R/katie_new.json ] && kill -0 $TRAIN 2>/dev/null && [ $(left) -gt 120 ] && { [ ! -f $K ] || [ $(left) -gt 190 ]; }; do sleep 2; done
-kill $TRAIN 2>/dev/null; wait $TRAIN 2>/dev/null
-echo "trained $(( $(date +%s) - T0 )) s"; grep -v "^\[" $R/katie_new.log | tail -3
-[ -f $K ] || { echo "no checkpoint"; exit 1; }
-timeout $(cap 20) python3 bench/launch_overhead.py 2>&1 | grep -v "^\[Taichi"
-latency() {  # code dir, name, extra flag
-    [ $(left) -gt 15 ] && echo "$2:" && timeout $(cap 30) python3 $1/bench/viewer_latency.py $K --subject $S --side $SIDE \
-        --changes 40 --json $R/latency_$2.json $3 2>&1 | tail -1; }
+# (Its first run killed training at a fixed time limit just before it ended: nothing measured.)
+SCORE_UNTIL=190
+source bench/gpu/katie_train.sh
 latency . new1 ""
 latency .carry/base base1 ""
 latency . new_main1 --main-thread
