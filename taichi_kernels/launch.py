@@ -13,19 +13,25 @@ compiles; later calls with that signature fill Taichi's launch context directly 
 shapes. Calls the fast path cannot take (non-contiguous tensors, tensors that require grad or live on another
 device than Taichi's backend, arguments of other kinds) always go through Taichi's own path, which copies or
 raises as it would. Only kernels whose arguments are all ndarrays of scalars and scalars, and that return
-nothing, get the fast path; any other kernel is called as it is.
+nothing, get the fast path; any other kernel is called as it is. The fast path uses Taichi's internals as of 1.7
+(the kernel's ``_primal``, its compiled kernels, the program's ``launch_kernel``): where they are missing, every
+launch takes Taichi's own path.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import torch
-from taichi.lang import impl
-from taichi.lang.util import cook_dtype
-from taichi.types import ndarray_type, primitive_types
-from taichi.types.utils import is_signed
 
 from taichi_kernels import runtime
+
+try:
+    from taichi.lang import impl
+    from taichi.lang.util import cook_dtype
+    from taichi.types import ndarray_type, primitive_types
+    from taichi.types.utils import is_signed
+except ImportError:  # another Taichi: its own launch path only
+    impl = None
 
 _ARRAY, _FLOAT, _INT, _UINT = "array", "float", "int", "uint"
 
@@ -47,22 +53,26 @@ class FastKernel:
 
     def __init__(self, kernel: Callable):
         self.kernel = kernel
-        primal = getattr(kernel, "_primal", None)
-        kinds = [_argument_kind(a.annotation) for a in primal.arguments] if primal is not None else [None]
-        fits = primal is not None and None not in kinds and primal.return_type is None
-        self._primal = primal
-        self._kinds = kinds if fits else None
+        self._primal = getattr(kernel, "_primal", None)
+        self._kinds = self._argument_kinds()  # None: Taichi's own path for every launch
         self._launches: dict[tuple, tuple] = {}  # signature -> (program, Taichi kernel, compiled kernel)
+
+    def _argument_kinds(self) -> list[str] | None:
+        try:
+            kinds = [_argument_kind(a.annotation) for a in self._primal.arguments]
+            return kinds if None not in kinds and self._primal.return_type is None else None
+        except (AttributeError, NameError, TypeError):  # not a Taichi 1.7 kernel
+            return None
 
     def __call__(self, *args):
         signature = self._signature(args)
-        launch = self._launches.get(signature) if signature is not None else None
+        if signature is None:
+            return self.kernel(*args)
+        launch = self._launches.get(signature)
         prog = impl.get_runtime().prog
         if launch is None or launch[0] is not prog:
             self.kernel(*args)  # checks, compiles (on the main thread), launches
-            if signature is not None and not self._primal.has_print:  # a kernel that prints syncs after launches
-                t_kernel = self._primal.compiled_kernels[self._primal.ensure_compiled(*args)]
-                self._launches[signature] = (prog, t_kernel, prog.compile_kernel(prog.config(), prog.get_device_caps(), t_kernel))
+            self._prepare(signature, args, prog)
             return
         _, t_kernel, compiled = launch
         ctx = t_kernel.make_launch_context()
@@ -77,6 +87,21 @@ class FastKernel:
             else:
                 ctx.set_arg_uint((i,), int(value))
         prog.launch_kernel(compiled, ctx)
+
+    def _prepare(self, signature: tuple, args: tuple, prog) -> None:
+        """Keep what later launches of ``signature`` need, or turn the fast path off where Taichi's internals differ
+        (or the kernel prints, which makes Taichi sync after each launch)."""
+        try:
+            if self._primal.has_print:
+                self._kinds = None
+                return
+            t_kernel = self._primal.compiled_kernels[self._primal.ensure_compiled(*args)]
+            compiled = prog.compile_kernel(prog.config(), prog.get_device_caps(), t_kernel)
+            t_kernel.make_launch_context()
+        except (AttributeError, KeyError, TypeError):
+            self._kinds = None
+            return
+        self._launches[signature] = (prog, t_kernel, compiled)
 
     def _signature(self, args: tuple) -> tuple | None:
         """The call's signature, or None when the fast path cannot take it."""

@@ -1,10 +1,12 @@
 """The fast kernel launch (``taichi_kernels.launch``) against Taichi's own launch path."""
+from types import SimpleNamespace
+
 import pytest
 import taichi as ti
 import torch
 
 from taichi_kernels import runtime
-from taichi_kernels.launch import fast
+from taichi_kernels.launch import FastKernel, fast
 
 
 @fast
@@ -75,3 +77,19 @@ def test_kernels_with_template_arguments_keep_taichis_launch():
     scaled(x, 3.0)
     scaled(x, 2.0)  # a new template instance
     assert scaled._kinds is None and torch.equal(x, torch.full_like(x, 6.0))
+
+
+def test_without_taichis_internals_every_launch_takes_taichis_path():
+    calls = []
+    plain = fast(lambda *args: calls.append(args))  # no Taichi kernel behind it
+    plain(1, 2.0)
+    assert calls == [(1, 2.0)] and plain._kinds is None
+    device = runtime.torch_device()
+    x = torch.randn(3, 2, device=device)
+    out = torch.zeros_like(x)
+    other = FastKernel(affine.kernel)
+    other._primal = SimpleNamespace(arguments=affine._primal.arguments, return_type=None, has_print=False)
+    other(x, out, 2.0, 1, 0)  # Taichi's path; keeping the launch fails (no compiled kernels): the fast path is off
+    assert other._kinds is None and not other._launches
+    other(x, out, 3.0, 1, 0)
+    assert torch.allclose(out, twin(x, 3.0, 1, 0))
