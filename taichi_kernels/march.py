@@ -2,7 +2,9 @@
 
 Steps follow instant-ngp: from the current distance t the next interval has length
 ``dt = clamp(t * step_growth, min_step, max_step)`` and its sample sits at the midpoint
-``t + dt / 2``. A sample is kept when that point's cell is occupied; otherwise t jumps to where the
+``t + dt / 2``. A sample is kept when the interval starts in an occupied cell (the cell of its midpoint for
+steps up to one cell, ``max_step`` of the original recipe; for longer steps, the cell of ``t`` plus half that
+one-cell step, so that a long step cannot jump over the first occupied cells); otherwise t jumps to where the
 ray leaves the empty cell (one DDA step), so empty space costs one iteration per cell crossed.
 Marching starts at ``near`` (plus ``jitter * dt`` when jittering), stops at ``far`` (a midpoint at or
 beyond ``far`` is not taken) or after ``max_steps_per_ray`` samples. Training marching and the
@@ -19,7 +21,7 @@ import torch
 from taichi_kernels import runtime
 from taichi_kernels.launch import fast
 from taichi_kernels.occupancy import OccupancyGrid, cell_index, cell_of, is_occupied
-from taichi_kernels.samples import MarchParams, Samples
+from taichi_kernels.samples import MarchParams, Samples, one_cell_step
 
 _NUDGE = 1e-3  # past a cell's exit, in cell sizes: guarantees progress against rounding
 
@@ -46,8 +48,9 @@ def _step(t, min_step, max_step, growth):
 
 
 @ti.func
-def next_sample_in_grid(o, d, t_start, far, bitfield: ti.template(), res, bound, min_step, max_step, growth):
-    """From distance ``t_start``, the next sample in an occupied cell: [found (0/1), t_mid, dt, t_after]."""
+def next_sample_in_grid(o, d, t_start, far, bitfield: ti.template(), res, bound, min_step, max_step, growth, probe_step):
+    """From distance ``t_start``, the next sample in an occupied cell: [found (0/1), t_mid, dt, t_after]. An
+    interval is taken when the cell at ``t + min(dt, probe_step) / 2`` is occupied."""
     cell_size = 2.0 * bound / res
     t = t_start
     found = 0.0
@@ -59,7 +62,8 @@ def next_sample_in_grid(o, d, t_start, far, bitfield: ti.template(), res, bound,
         if tm >= far:
             t = far
             break
-        c = cell_of(o + tm * d, res, bound)
+        probe = t + 0.5 * ti.min(dt, probe_step)
+        c = cell_of(o + probe * d, res, bound)
         if is_occupied(bitfield, cell_index(c, res)):
             found = 1.0
             t = t + dt
@@ -69,7 +73,7 @@ def next_sample_in_grid(o, d, t_start, far, bitfield: ti.template(), res, bound,
             face = (c[k] + 1) * cell_size - bound if d[k] >= 0 else c[k] * cell_size - bound
             step_k = d[k] if ti.abs(d[k]) > 1e-12 else (1e-12 if d[k] >= 0 else -1e-12)
             t_exit = ti.min(t_exit, (face - o[k]) / step_k)
-        t = ti.max(t_exit, tm) + _NUDGE * cell_size
+        t = ti.max(t_exit, probe) + _NUDGE * cell_size
     return ti.Vector([found, tm, dt, t])
 
 
@@ -99,10 +103,11 @@ def grid_stepper(res: int, params: MarchParams):
     the grid resolution and ``params`` compiled in: shared by training marching and the inference loop."""
     bound, growth = float(params.bound), float(params.step_growth)
     min_step, max_step = float(params.min_step), float(params.max_step)
+    probe_step = one_cell_step(bound, res)
 
     @ti.func
     def next_sample(o, d, t, far, bitfield: ti.template()):
-        return next_sample_in_grid(o, d, t, far, bitfield, res, bound, min_step, max_step, growth)
+        return next_sample_in_grid(o, d, t, far, bitfield, res, bound, min_step, max_step, growth, probe_step)
 
     return next_sample
 

@@ -11,12 +11,18 @@ FieldFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tenso
 """``field_fn(positions [S, 3], directions [S, 3], frame_index [S] int32) -> (sigma [S], rgb [S, 3])``."""
 
 
+def one_cell_step(bound: float, res: int) -> float:
+    """The original recipe's largest step, 2 bound / (res - 1): about one cell of a res^3 grid. Longer steps
+    look for occupancy this far ahead of their start (half of it), not at their midpoint."""
+    return 2.0 * bound / (res - 1)
+
+
 @dataclass(frozen=True)
 class MarchParams:
     """Marching parameters (all distances in world units along unit directions).
 
     From a ``RenderConfig`` ``rc``: ``MarchParams.from_render_config(rc)``, i.e. bound=rc.bound,
-    near_min=rc.near_min, min_step=rc.min_step, max_step=rc.max_step, step_growth=rc.step_growth,
+    near_min=rc.near_min, min_step=rc.min_step, max_step=rc.max_step, step_growth=rc.step_growth * rc.step_scale,
     max_steps_per_ray=rc.max_steps_per_ray, early_stop=rc.display_early_stop.
     """
 
@@ -38,7 +44,7 @@ class MarchParams:
     def from_render_config(cls, rc: Any) -> "MarchParams":
         """The one way to build marching parameters: from a render config (``nerfbs.config.RenderConfig``)."""
         return cls(bound=rc.bound, near_min=rc.near_min, min_step=rc.min_step, max_step=rc.max_step,
-                   step_growth=rc.step_growth, max_steps_per_ray=rc.max_steps_per_ray,
+                   step_growth=rc.step_growth * rc.step_scale, max_steps_per_ray=rc.max_steps_per_ray,
                    early_stop=rc.display_early_stop)
 
 

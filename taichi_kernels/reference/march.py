@@ -9,7 +9,7 @@ import torch
 if TYPE_CHECKING:
     from taichi_kernels.occupancy import OccupancyGrid
 
-from taichi_kernels.samples import MarchParams, Samples
+from taichi_kernels.samples import MarchParams, Samples, one_cell_step
 
 _NUDGE = 1e-3  # past a cell's exit, in cell sizes (as the kernel)
 
@@ -56,8 +56,8 @@ def march_rays_train(origins: torch.Tensor, directions: torch.Tensor, grid: "Occ
         dt = step(t)
         tm = t + 0.5 * dt
         active &= tm < far
-        points = origins + tm[:, None] * directions
-        occupied, cell = _occupied_at(points, grid)
+        probe = t + 0.5 * dt.clamp_max(one_cell_step(params.bound, grid.resolution))
+        occupied, cell = _occupied_at(origins + probe[:, None] * directions, grid)
         take = active & occupied
         out_r.append(torch.nonzero(take).squeeze(1))
         out_t.append(tm[take])
@@ -66,7 +66,7 @@ def march_rays_train(origins: torch.Tensor, directions: torch.Tensor, grid: "Occ
         face = torch.where(directions >= 0, (cell + 1) * cell_size - params.bound, cell * cell_size - params.bound)
         safe = torch.where(directions >= 0, directions.clamp_min(1e-12), directions.clamp_max(-1e-12))
         t_exit = ((face - origins) / safe).amin(1)
-        skip = torch.maximum(t_exit, tm) + _NUDGE * cell_size
+        skip = torch.maximum(t_exit, probe) + _NUDGE * cell_size
         t = torch.where(take, t + dt, torch.where(active, skip, t))
         n += take.long()
         active &= (n < params.max_steps_per_ray) & (t < far)

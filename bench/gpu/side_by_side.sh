@@ -1,0 +1,44 @@
+#!/bin/bash
+# Session 10's device calls (issue 15): several trainings side by side on the one GPU, then some avatars' renders
+# measured one at a time. RUNS lists them as NAME:SUBJECT:TEST_LAST:STEP_SCALE (SUBJECT under /tmp/subjects, as
+# katie_setup.sh unpacks the carried groups); each trains $MINUTES of the default recipe with render.step_scale set
+# (every marching step that many times the original recipe's; bench/empty_space.py run --variant today
+# --no-render), its held-out frames (and $SCORE_TRAIN training frames) scored, then, for the runs named in RENDER
+# (default: all), in that order, `bench/empty_space.py render` adds samples per pixel and frames/s, batched and one
+# at a time. SYNTH lists subjects to make first, as NAME:TRACKS_SUBJECT:FRAMES (nerfbs synth --tracks-from, 512x512).
+# Carry .gpu and .carry. Everything comes back as results.tgz. A CPU dry run:
+#   MINUTES=0.1 MODEL=small NERFBS_ARCH=cpu OUT=/tmp/out RUNS="a:katie_new:40:1 b:katie_new:40:4" bash bench/gpu/side_by_side.sh
+MINUTES=${MINUTES:-5} MODEL=${MODEL:-original} SCORE_TRAIN=${SCORE_TRAIN:-0} SYNTH=${SYNTH:-}
+BUDGET=${BUDGET:-585} RENDER_RESERVE=${RENDER_RESERVE:-45}  # seconds kept per rendered avatar for its figures
+source bench/gpu/katie_setup.sh
+cap() { local l=$(left); echo $(( l < $1 ? (l > 1 ? l : 1) : $1 )); }  # seconds: at most $1, at most what is left
+for spec in $SYNTH; do
+    IFS=: read name tracks frames <<< "$spec"
+    python3 cli.py synth /tmp/subjects/$name --tracks-from /tmp/subjects/$tracks --frames $frames --size 512 \
+        > $R/synth_$name.log 2>&1 || { tail -3 $R/synth_$name.log; exit 1; }
+    echo "synth $name $(( $(date +%s) - T0 )) s"
+done
+pids=() names=()
+for spec in $RUNS; do
+    IFS=: read name subject test_last cells <<< "$spec"
+    rm -rf /tmp/ws/$name
+    python3 bench/empty_space.py run --subject /tmp/subjects/$subject --test-last $test_last --minutes $MINUTES \
+        --model $MODEL --variant today --set render.step_scale=$cells --score-train $SCORE_TRAIN --no-render \
+        --workspace /tmp/ws/$name --out $R/$name.json > $R/$name.log 2>&1 &
+    pids+=($!) names+=($name)
+done
+RENDER=${RENDER:-${names[*]}}
+reserve=$(( RENDER_RESERVE * $(wc -w <<< "$RENDER") + 10 ))
+alive() { for p in "${pids[@]}"; do kill -0 $p 2>/dev/null && return 0; done; return 1; }
+while alive && [ $(left) -gt $reserve ]; do sleep 2; done
+for p in "${pids[@]}"; do kill $p 2>/dev/null; done; wait
+echo "trained $(( $(date +%s) - T0 )) s"
+for name in "${names[@]}"; do
+    cp /tmp/ws/$name/metrics.jsonl $R/$name.metrics.jsonl 2>/dev/null
+    [ -f $R/$name.json ] || { echo "$name: no scores"; grep -v "^\[" $R/$name.log | tail -3; }
+done
+for name in $RENDER; do
+    [ -f $R/$name.json ] && [ $(left) -gt 10 ] && timeout $(cap $RENDER_RESERVE) python3 bench/empty_space.py render $R/$name.json \
+        > $R/$name.render.log 2>&1
+done
+ls $R/*.json > /dev/null 2>&1 && python3 bench/empty_space.py table $R/*.json 2>&1 | grep -v "^\["
