@@ -8,6 +8,7 @@ import os
 # (measured: ~2x slower CPU training steps). Must be set before torch starts its thread pool.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import dataclasses
 import functools
 import logging
 from pathlib import Path
@@ -15,11 +16,11 @@ from typing import Callable, Optional
 
 import typer
 
-from nerfbs.config import MODEL_PRESETS, OUTPUT, PREPROCESS, SYNTH, DataConfig, TrainConfig
+from nerfbs.config import MODEL_PRESETS, OUTPUT, PREPROCESS, SYNTH, DataConfig, RenderConfig, TrainConfig
 from nerfbs.errors import Interrupted, UserError
 
 # Option defaults come from the config dataclasses (nerfbs/config.py), the one place they are declared.
-_DATA, _TRAIN = DataConfig(), TrainConfig()
+_DATA, _RENDER, _TRAIN = DataConfig(), RenderConfig(), TrainConfig()
 
 # rich_markup_mode=None: help texts are printed as written (no word in [brackets] is taken for markup) and
 # flags read as flags (--resume, --lpips / --no-lpips), not as options taking a <bool>.
@@ -79,8 +80,8 @@ def train(
                                                        "reached."),
     resume: bool = _flag("--resume", "Continue the run saved in the workspace."),
     model: str = typer.Option("auto", help="Field size: original (the paper's: 47 x 16-level hash grids, 46 M "
-                                           "parameters), small (8 levels, small MLPs: minutes on a CPU), or auto "
-                                           "(original on a CUDA GPU, small on a CPU)."),
+                                           "parameters), small (8 levels, small MLPs: minutes on a CPU) or auto (original "
+                                           "on a CUDA GPU, small on a CPU)."),
     rays_per_image: int = typer.Option(_TRAIN.rays_per_image, help="Rays per training image."),
     images_per_step: int = typer.Option(_TRAIN.images_per_step, help="Training images per step."),
     lr: float = typer.Option(_TRAIN.lr, help="Initial learning rate (decays exponentially to "
@@ -97,6 +98,7 @@ def train(
     table_l1: bool = typer.Option(_TRAIN.table_l1_weight > 0, help="L1 penalty on the non-neutral tables."),
     distortion: float = typer.Option(_TRAIN.distortion_weight, help="mip-NeRF 360's distortion loss weight (0: off)."),
     distortion_steps: int = typer.Option(_TRAIN.distortion_steps, help="Distortion loss in the first N steps (0: all)."),
+    step_scale: float = typer.Option(_RENDER.step_scale, help="Marching steps x this (4: real videos render 3x faster)."),
     subpixel_rays: bool = _flag("--subpixel-rays", "Colour rays through random points of their pixels, targets read "
                                                    "bilinearly (the original: pixel centres)."),
     mixed_precision: bool = typer.Option(_TRAIN.mixed_precision, help="fp16 MLPs on CUDA."),
@@ -110,8 +112,6 @@ def train(
     seed: int = typer.Option(_TRAIN.seed, help="Random seed."),
 ) -> None:
     """Train an avatar from a subject folder, then score its held-out frames."""
-    import dataclasses
-
     from nerfbs import commands
     from nerfbs.config import SMALL_MODEL, SMALL_RENDER, Config, resolve_model_preset
     from nerfbs.data.subject import resolve_subject_path
@@ -128,6 +128,7 @@ def train(
     _check_range("--checkpoint-every", checkpoint_every, 1)
     _check_range("--distortion", distortion, 0.0, 100.0)
     _check_range("--distortion-steps", distortion_steps, 0)
+    _check_range("--step-scale", step_scale, 0.25, 16.0)
     if model not in MODEL_PRESETS:
         raise UserError(f"--model {model}: use {', '.join(MODEL_PRESETS)}")
     path = resolve_subject_path(subject).resolve()
@@ -145,6 +146,7 @@ def train(
             validate_every=validate_every, checkpoint_every=checkpoint_every, seed=seed))
     if preset == "small":
         config = config.replace(model=SMALL_MODEL, render=SMALL_RENDER)
+    config = config.replace(render=dataclasses.replace(config.render, step_scale=step_scale))
     report = _reporter()
     outcome = commands.train_and_evaluate(config, workspace or Path("runs") / path.name, resume=resume, report=report,
                                           model_note=f"auto on {runtime.requested_arch()}" if model == "auto" else "")
@@ -164,15 +166,13 @@ def render(
                                        show_default="<workspace>/render/<checkpoint name>"),
     batch: int = typer.Option(OUTPUT.batch, help="Images per renderer call."),
     drive: Optional[Path] = typer.Option(None, show_default="none: the frames' own coefficients",
-                                         help="Reenact: another sequence's transforms.json, one output frame per "
-                                              "driving frame (its coefficients clamped by its own, then this "
-                                              "avatar's range)."),
+                                         help="Reenact: another sequence's transforms.json, one output frame per driving "
+                                              "frame (its coefficients clamped by its own, then this avatar's range)."),
     drive_relative: bool = _flag("--drive-relative", "With --drive: this avatar's first training frame plus the "
                                  "driver's change since its first frame (avoids identity leakage)."),
     set_: list[str] = typer.Option([], "--set", show_default="none", metavar="<name=value>",
-                                   help="Fix a coefficient in every frame: INDEX=VALUE, INDEX counting "
-                                   "exp_ori from 0 (--set 0=0.8), or NAME=VALUE with the data's exp_names "
-                                   "(--set jawOpen=0.8). Repeatable; values are clamped to the trained range."),
+                                   help="Fix a coefficient in every frame: INDEX=VALUE (exp_ori's order from 0: --set 0=0.8) or "
+                                   "NAME=VALUE (exp_names: --set jawOpen=0.8); repeatable, clamped to the trained range."),
     camera: str = typer.Option(OUTPUT.camera, help="dataset (the frames' own cameras) or orbit (a 360-degree turntable)."),
     nvs: bool = typer.Option(OUTPUT.novel_views, help="Also render each frame from the original's novel-view camera swinging "
                              "+-15 degrees around the head (<i>_nvs.png)."),

@@ -44,3 +44,19 @@ def test_model_preset_name_ignores_the_subject_s_basis_count():
     assert model_preset_name(Config()) == "original"
     assert model_preset_name(small) == "small" and model_preset_name(fitted) == "small"
     assert model_preset_name(small.replace(render=Config().render)) == "custom"
+
+
+def test_step_scale_lengthens_every_step_and_is_checked():
+    from nerfbs.config import RenderConfig
+    from taichi_kernels.samples import MarchParams
+
+    one, four = MarchParams.from_render_config(RenderConfig()), MarchParams.from_render_config(RenderConfig(step_scale=4))
+    assert four.max_step == pytest.approx(4 * one.max_step) and four.step_growth == pytest.approx(4 * one.step_growth)
+    assert four.min_step == one.min_step
+    assert one.max_step == pytest.approx(2 * 0.06 / 127)  # the original: one cell of the 128^3 grid
+    old = Config().to_dict()
+    del old["render"]["step_scale"]  # checkpoints written before the option march with the original's steps
+    assert Config.from_dict(old).render.step_scale == 1.0
+    for bad in (0.1, 17.0):
+        with pytest.raises(ValueError, match="step_scale"):
+            RenderConfig(step_scale=bad)

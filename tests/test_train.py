@@ -8,13 +8,16 @@ import re
 import shutil
 
 import numpy as np
+import pytest
 import torch
 
 from nerfbs.train import loop as train
 from nerfbs.train.checkpoint import load_checkpoint
-from nerfbs.config import Config, DataConfig, TrainConfig
+from nerfbs.config import SMALL_RENDER, Config, DataConfig, TrainConfig
+from nerfbs.export.avatar import load_avatar
 from nerfbs.data.subject import load_subject
 from nerfbs.train.workspace import Workspace
+from taichi_kernels.samples import MarchParams
 from tiny import TINY_MODEL, TINY_RENDER, TINY_STEPS, invoke, one_line_error
 
 
@@ -72,6 +75,7 @@ def test_bad_training_input_is_one_line(tiny_run, tmp_path):
     assert "./dataset/nowhere" in one_line_error(invoke("train", "nowhere", "--steps", 5))
     assert "--steps must be at least 1" in one_line_error(invoke("train", tiny_run.subject, "--steps", 0))
     assert "--rays-per-image" in one_line_error(invoke("train", tiny_run.subject, "--rays-per-image", 2))
+    assert "--step-scale must be between 0.25 and 16" in one_line_error(invoke("train", tiny_run.subject, "--step-scale", 40))
     assert "nothing to resume" in one_line_error(invoke("train", tiny_run.subject, "--resume",
                                                         "--workspace", tmp_path / "empty"))
     ws = tmp_path / "corrupt"
@@ -162,3 +166,14 @@ def test_distortion_steps_end_the_distortion_loss(tiny_run, tmp_path):
     assert last["step"] == 3 and "distortion" not in last  # the third step (index 2) is past the two
     result = invoke("train", tiny_run.subject, "--distortion-steps", -1, "--workspace", tmp_path / "bad")
     assert result.exit_code != 0 and "--distortion-steps" in result.output
+
+
+def test_step_scale_option_reaches_the_run_and_its_marching(tiny_run, tmp_path):
+    ws = tmp_path / "long-steps"
+    result = invoke("train", tiny_run.subject, "--model", "small", "--steps", 2, "--test-last", 2, "--no-lpips",
+                    "--step-scale", 4, "--workspace", ws)
+    assert result.exit_code == 0, result.output
+    assert json.loads((ws / "config.json").read_text())["render"]["step_scale"] == 4.0
+    config = load_avatar(ws / "checkpoints" / "latest.pth").config
+    assert config.render.max_step == pytest.approx(4 * SMALL_RENDER.max_step)
+    assert MarchParams.from_render_config(config.render).step_growth == pytest.approx(4 * SMALL_RENDER.step_growth)

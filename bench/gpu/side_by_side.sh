@@ -5,10 +5,10 @@
 # (every marching step that many times the original recipe's; bench/empty_space.py run --variant today
 # --no-render), its held-out frames (and $SCORE_TRAIN training frames) scored, then, for the runs named in RENDER
 # (default: all), in that order, `bench/empty_space.py render` adds samples per pixel and frames/s, batched and one
-# at a time. SYNTH lists subjects to make first, as NAME:TRACKS_SUBJECT:FRAMES (nerfbs synth --tracks-from, 512x512).
+# at a time (the first RENDER_FRAMES held-out frames; 0: all). SYNTH lists subjects to make first, as NAME:TRACKS_SUBJECT:FRAMES (nerfbs synth --tracks-from, 512x512).
 # Carry .gpu and .carry. Everything comes back as results.tgz. A CPU dry run:
 #   MINUTES=0.1 MODEL=small NERFBS_ARCH=cpu OUT=/tmp/out RUNS="a:katie_new:40:1 b:katie_new:40:4" bash bench/gpu/side_by_side.sh
-MINUTES=${MINUTES:-5} MODEL=${MODEL:-original} SCORE_TRAIN=${SCORE_TRAIN:-0} SYNTH=${SYNTH:-}
+MINUTES=${MINUTES:-5} MODEL=${MODEL:-original} SCORE_TRAIN=${SCORE_TRAIN:-0} SYNTH=${SYNTH:-} RENDER_FRAMES=${RENDER_FRAMES:-0}
 BUDGET=${BUDGET:-585} RENDER_RESERVE=${RENDER_RESERVE:-45}  # seconds kept per rendered avatar for its figures
 source bench/gpu/katie_setup.sh
 cap() { local l=$(left); echo $(( l < $1 ? (l > 1 ? l : 1) : $1 )); }  # seconds: at most $1, at most what is left
@@ -23,7 +23,7 @@ for spec in $RUNS; do
     IFS=: read name subject test_last cells <<< "$spec"
     rm -rf /tmp/ws/$name
     python3 bench/empty_space.py run --subject /tmp/subjects/$subject --test-last $test_last --minutes $MINUTES \
-        --model $MODEL --variant today --set render.step_scale=$cells --score-train $SCORE_TRAIN --no-render \
+        --model $MODEL --variant today --set render.step_scale=$cells --score-train $SCORE_TRAIN --render-frames $RENDER_FRAMES --no-render \
         --workspace /tmp/ws/$name --out $R/$name.json > $R/$name.log 2>&1 &
     pids+=($!) names+=($name)
 done
