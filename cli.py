@@ -128,7 +128,7 @@ def train(
     _check_range("--checkpoint-every", checkpoint_every, 1)
     _check_range("--distortion", distortion, 0.0, 100.0)
     _check_range("--distortion-steps", distortion_steps, 0)
-    _check_range("--step-scale", step_scale, 0.25, 16.0)
+    _check_range("--step-scale", step_scale, 1.0, 16.0)
     if model not in MODEL_PRESETS:
         raise UserError(f"--model {model}: use {', '.join(MODEL_PRESETS)}")
     path = resolve_subject_path(subject).resolve()

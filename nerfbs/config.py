@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taichi_kernels.grid_layout import GridConfig
-from taichi_kernels.samples import one_cell_step
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,8 @@ class RenderConfig:
     grid_resolution: int = 128
     density_threshold_ceiling: float = 10.0
     step_growth: float = 1.0 / 128  # dt = clamp(t * step_growth, min_step, max_step)
-    step_scale: float = 1.0  # every marching step this many times the original's (both step_growth and max_step)
+    step_scale: float = 1.0  # long marching steps: this many times the original's (step_growth and max_step)
+    long_step_density: float = 0.0  # > 0: cells denser than this (grid density) keep the original's steps
     max_steps_per_ray: int = 1024
     early_stop_transmittance: float = 1e-4  # training: samples after T falls below this get no gradient
     skip_hidden_samples: bool = False  # training: a density pass without gradient drops those samples first
@@ -49,8 +49,10 @@ class RenderConfig:
             raise ValueError("render: bound must be > 0 and near_min >= 0")
         if self.grid_resolution < 8 or self.grid_resolution % 8:
             raise ValueError("render: grid_resolution must be a multiple of 8, at least 8")
-        if not 0.25 <= self.step_scale <= 16:
-            raise ValueError(f"render: step_scale must lie in 0.25..16 (times the original's steps), got {self.step_scale}")
+        if not 1 <= self.step_scale <= 16:
+            raise ValueError(f"render: step_scale must lie in 1..16 (times the original's steps), got {self.step_scale}")
+        if not self.long_step_density >= 0:
+            raise ValueError(f"render: long_step_density must be >= 0 (0: no limit), got {self.long_step_density}")
 
     @property
     def min_step(self) -> float:
@@ -59,9 +61,9 @@ class RenderConfig:
 
     @property
     def max_step(self) -> float:
-        """Largest marching step in world units: ``step_scale`` occupancy-grid cells of 2 bound / (grid_resolution
-        - 1) each (the original: one)."""
-        return self.step_scale * one_cell_step(self.bound, self.grid_resolution)
+        """Largest marching step of the original recipe in world units: about one occupancy-grid cell, 2 bound /
+        (grid_resolution - 1); long steps are ``step_scale`` times it."""
+        return 2.0 * self.bound / (self.grid_resolution - 1)
 
 
 # A CPU-sized field (``nerfbs train --model small``, and ``nerfbs demo`` on a CPU): 8 levels x 2 features up to

@@ -37,6 +37,7 @@ def _kernels(res: int, params: MarchParams):
             acc: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [R, 6] T, r, g, b, opacity, depth; updated
             ray_ints: ti.types.ndarray(dtype=ti.i32, ndim=2),  # [R, 2] frame, samples so far; the latter updated
             bitfield: ti.types.ndarray(dtype=ti.u8, ndim=1),  # [res^3 / 8] uint8
+            density: ti.types.ndarray(dtype=ti.f32, ndim=1),  # [res^3] float32, the grid's cell densities
             work_in: ti.types.ndarray(dtype=ti.i32, ndim=2),  # [A, 4] ray, first sample, samples, march finished
             sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),  # [S_in] last round's field output, compact
             rgbs: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [S_in, 3]
@@ -89,7 +90,7 @@ def _kernels(res: int, params: MarchParams):
                     while k < n_out:
                         s = ti.Vector([0.0, 0.0, 0.0, 0.0])
                         if n < max_steps:
-                            s = next_sample(o, d, t, rays[r, 7], bitfield)
+                            s = next_sample(o, d, t, rays[r, 7], bitfield, density)
                         if s[0] == 0.0:
                             finished = 1
                             break
@@ -189,7 +190,7 @@ def _render_loop(origins, directions, field_fn, grid, params, acc, ray_ints, per
     for k in range(counters.shape[0]):
         slots = alive * n
         started = time.perf_counter()
-        kernel(state, acc, ray_ints, grid.bitfield, work[0][:alive], sigma, rgb, t_dt[0], counters[k],
+        kernel(state, acc, ray_ints, grid.bitfield, grid.density, work[0][:alive], sigma, rgb, t_dt[0], counters[k],
                work[1][:alive], scratch[:slots], positions[:slots], sample_dirs[:slots], frames[:slots], t_dt[1][:slots])
         alive, live = counters[k].tolist()  # the round's host sync
         run["round_kernel_ms"] += (time.perf_counter() - started) * 1000

@@ -1,11 +1,13 @@
 """Ray marching through the occupancy grid: ray-box intersection and training samples.
 
 Steps follow instant-ngp: from the current distance t the next interval has length
-``dt = clamp(t * step_growth, min_step, max_step)`` and its sample sits at the midpoint
-``t + dt / 2``. A sample is kept when the interval starts in an occupied cell (the cell of its midpoint for
-steps up to one cell, ``max_step`` of the original recipe; for longer steps, the cell of ``t`` plus half that
-one-cell step, so that a long step cannot jump over the first occupied cells); otherwise t jumps to where the
-ray leaves the empty cell (one DDA step), so empty space costs one iteration per cell crossed.
+``dt = clamp(t * step_growth, min_step, max_step)`` (times ``step_scale`` for long steps) and its sample sits at
+the midpoint ``t + dt / 2``. A sample is kept when the interval starts in an occupied cell: the cell at ``t +
+min(dt, max_step) / 2``, which is the midpoint's for the original's steps, and for long ones keeps them from
+jumping over the first occupied cells. Otherwise t jumps to where the ray leaves the empty cell (one DDA step), so
+empty space costs one iteration per cell crossed. With ``long_step_density`` > 0, a long step whose start, middle
+or end lies in a cell of the grid denser than that is replaced by the original's step: long steps in a soft,
+fog-like field, short ones at a sharp surface.
 Marching starts at ``near`` (plus ``jitter * dt`` when jittering), stops at ``far`` (a midpoint at or
 beyond ``far`` is not taken) or after ``max_steps_per_ray`` samples. Training marching and the
 inference loop (``taichi_kernels.inference``) share this step function, so without jitter they place
@@ -21,7 +23,7 @@ import torch
 from taichi_kernels import runtime
 from taichi_kernels.launch import fast
 from taichi_kernels.occupancy import OccupancyGrid, cell_index, cell_of, is_occupied
-from taichi_kernels.samples import MarchParams, Samples, one_cell_step
+from taichi_kernels.samples import MarchParams, Samples
 
 _NUDGE = 1e-3  # past a cell's exit, in cell sizes: guarantees progress against rounding
 
@@ -48,23 +50,37 @@ def _step(t, min_step, max_step, growth):
 
 
 @ti.func
-def next_sample_in_grid(o, d, t_start, far, bitfield: ti.template(), res, bound, min_step, max_step, growth, probe_step):
-    """From distance ``t_start``, the next sample in an occupied cell: [found (0/1), t_mid, dt, t_after]. An
-    interval is taken when the cell at ``t + min(dt, probe_step) / 2`` is occupied."""
+def _denser_than(density: ti.template(), p, res, bound, limit):
+    return density[cell_index(cell_of(p, res, bound), res)] > limit
+
+
+@ti.func
+def next_sample_in_grid(o, d, t_start, far, bitfield: ti.template(), density: ti.template(), res, bound,
+                        min_step, max_step, growth, scale: ti.template(), density_limit: ti.template()):
+    """From distance ``t_start``, the next sample in an occupied cell: [found (0/1), t_mid, dt, t_after]. The
+    step is ``scale`` times ``clamp(t * growth, min_step, max_step)``; it is taken when the cell at ``t +
+    min(dt, max_step) / 2`` is occupied. With ``density_limit`` > 0 a long step whose start, middle or end lies
+    in a cell denser than it is replaced by the unscaled step."""
     cell_size = 2.0 * bound / res
     t = t_start
     found = 0.0
     tm = 0.0
     dt = 0.0
     while t < far:
-        dt = _step(t, min_step, max_step, growth)
+        dt = _step(t, min_step, max_step * scale, growth * scale)
         tm = t + 0.5 * dt
         if tm >= far:
             t = far
             break
-        probe = t + 0.5 * ti.min(dt, probe_step)
+        probe = t + 0.5 * ti.min(dt, max_step)
         c = cell_of(o + probe * d, res, bound)
         if is_occupied(bitfield, cell_index(c, res)):
+            if ti.static(density_limit > 0 and scale != 1):
+                if (density[cell_index(c, res)] > density_limit
+                        or _denser_than(density, o + tm * d, res, bound, density_limit)
+                        or _denser_than(density, o + (t + dt) * d, res, bound, density_limit)):
+                    dt = _step(t, min_step, max_step, growth)
+                    tm = t + 0.5 * dt
             found = 1.0
             t = t + dt
             break
@@ -99,15 +115,17 @@ def _aabb_kernel():
 
 
 def grid_stepper(res: int, params: MarchParams):
-    """``next_sample(o, d, t, far, bitfield)``, the marching step of ``next_sample_in_grid`` as a ``ti.func`` with
-    the grid resolution and ``params`` compiled in: shared by training marching and the inference loop."""
+    """``next_sample(o, d, t, far, bitfield, density)``, the marching step of ``next_sample_in_grid`` as a
+    ``ti.func`` with the grid resolution and ``params`` compiled in: shared by training marching and the inference
+    loop."""
     bound, growth = float(params.bound), float(params.step_growth)
     min_step, max_step = float(params.min_step), float(params.max_step)
-    probe_step = one_cell_step(bound, res)
+    scale, limit = float(params.step_scale), float(params.long_step_density)
 
     @ti.func
-    def next_sample(o, d, t, far, bitfield: ti.template()):
-        return next_sample_in_grid(o, d, t, far, bitfield, res, bound, min_step, max_step, growth, probe_step)
+    def next_sample(o, d, t, far, bitfield: ti.template(), density: ti.template()):
+        return next_sample_in_grid(o, d, t, far, bitfield, density, res, bound, min_step, max_step, growth, scale,
+                                   limit)
 
     return next_sample
 
@@ -120,7 +138,7 @@ def _kernels(res: int, params: MarchParams):
     Constants instead of scalar arguments: each kernel argument costs host time at every launch.
     """
     bound, near_min = float(params.bound), float(params.near_min)
-    min_step, max_step, growth = float(params.min_step), float(params.max_step), float(params.step_growth)
+    min_step, long_max, long_growth = float(params.min_step), float(params.long_max_step), float(params.long_step_growth)
     max_steps = int(params.max_steps_per_ray)
     next_sample = grid_stepper(res, params)
 
@@ -132,6 +150,7 @@ def _kernels(res: int, params: MarchParams):
             directions: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [R, 3] float32 unit
             jitter: ti.types.ndarray(dtype=ti.f32, ndim=1),  # [R] float32 in [0, 1): first step offset
             bitfield: ti.types.ndarray(dtype=ti.u8, ndim=1),  # [res^3 / 8] uint8
+            density: ti.types.ndarray(dtype=ti.f32, ndim=1),  # [res^3] float32, the grid's cell densities
             counts: ti.types.ndarray(dtype=ti.i32, ndim=1),  # [R] written by the count pass
             offsets: ti.types.ndarray(dtype=ti.i32, ndim=1),  # [R] read by the write pass
             positions: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [M, 3] written by the write pass
@@ -143,10 +162,10 @@ def _kernels(res: int, params: MarchParams):
                 o = ti.Vector([origins[r, 0], origins[r, 1], origins[r, 2]])
                 d = ti.Vector([directions[r, 0], directions[r, 1], directions[r, 2]])
                 nf = ray_box_interval(o, d, bound, near_min)
-                t = nf[0] + jitter[r] * _step(nf[0], min_step, max_step, growth)
+                t = nf[0] + jitter[r] * _step(nf[0], min_step, long_max, long_growth)
                 n = 0
                 while n < max_steps:
-                    s = next_sample(o, d, t, nf[1], bitfield)
+                    s = next_sample(o, d, t, nf[1], bitfield, density)
                     if s[0] == 0.0:
                         break
                     if ti.static(write):
@@ -225,7 +244,7 @@ def march_rays_train(origins: torch.Tensor, directions: torch.Tensor, grid: Occu
     kernels = _kernels(grid.resolution, params)
     if rays:
         empty3 = torch.empty(0, 3, dtype=torch.float32, device=device)
-        kernels["count"](origins, directions, offsets_in_step, grid.bitfield, counts, offsets, empty3, empty3,
+        kernels["count"](origins, directions, offsets_in_step, grid.bitfield, grid.density, counts, offsets, empty3, empty3,
                          empty3[:, :2], torch.empty(0, dtype=torch.int32, device=device))
         ends = torch.cumsum(counts, 0, dtype=torch.int32)
         offsets = ends - counts
@@ -237,6 +256,6 @@ def march_rays_train(origins: torch.Tensor, directions: torch.Tensor, grid: Occu
     t_dt = torch.empty(total, 2, dtype=torch.float32, device=device)
     ray_index = torch.empty(total, dtype=torch.int32, device=device)
     if total:
-        kernels["write"](origins, directions, offsets_in_step, grid.bitfield, counts, offsets, positions, sample_dirs,
+        kernels["write"](origins, directions, offsets_in_step, grid.bitfield, grid.density, counts, offsets, positions, sample_dirs,
                          t_dt, ray_index)
     return Samples(positions, sample_dirs, t_dt[:, 0], t_dt[:, 1], ray_index, offsets, counts)

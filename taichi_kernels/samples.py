@@ -11,41 +11,54 @@ FieldFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tenso
 """``field_fn(positions [S, 3], directions [S, 3], frame_index [S] int32) -> (sigma [S], rgb [S, 3])``."""
 
 
-def one_cell_step(bound: float, res: int) -> float:
-    """The original recipe's largest step, 2 bound / (res - 1): about one cell of a res^3 grid. Longer steps
-    look for occupancy this far ahead of their start (half of it), not at their midpoint."""
-    return 2.0 * bound / (res - 1)
-
-
 @dataclass(frozen=True)
 class MarchParams:
     """Marching parameters (all distances in world units along unit directions).
 
-    From a ``RenderConfig`` ``rc``: ``MarchParams.from_render_config(rc)``, i.e. bound=rc.bound,
-    near_min=rc.near_min, min_step=rc.min_step, max_step=rc.max_step, step_growth=rc.step_growth * rc.step_scale,
-    max_steps_per_ray=rc.max_steps_per_ray, early_stop=rc.display_early_stop.
+    From a ``RenderConfig`` ``rc``: ``MarchParams.from_render_config(rc)``, i.e. the fields of the same names
+    and early_stop=rc.display_early_stop.
+
+    Steps are ``dt = clamp(t * step_growth, min_step, max_step)`` times ``step_scale``, except where
+    ``long_step_density`` > 0 and the occupancy grid's density at a step's start, middle or end exceeds it: there
+    ``step_scale`` is 1.
     """
 
     bound: float  # the scene cube is [-bound, bound]^3
     near_min: float  # marching starts no nearer than this
-    min_step: float  # dt = clamp(t * step_growth, min_step, max_step)
+    min_step: float  # dt = clamp(t * step_growth, min_step, max_step) (times step_scale for long steps)
     max_step: float
     step_growth: float
     max_steps_per_ray: int
     early_stop: float  # transmittance below which the inference loop retires a ray
+    step_scale: float = 1.0  # long steps: step_growth and max_step times this
+    long_step_density: float = 0.0  # > 0: long steps only where the grid's density is at most this
 
     def __post_init__(self) -> None:
         if not 0 < self.min_step <= self.max_step:
             raise ValueError(f"need 0 < min_step <= max_step, got {self.min_step}, {self.max_step}")
         if self.max_steps_per_ray < 1 or self.bound <= 0:
             raise ValueError("need max_steps_per_ray >= 1 and bound > 0")
+        if self.step_scale < 1 or self.long_step_density < 0:
+            raise ValueError(f"need step_scale >= 1 and long_step_density >= 0, got {self.step_scale}, "
+                             f"{self.long_step_density}")
+
+    @property
+    def long_max_step(self) -> float:
+        """The largest long step: ``max_step * step_scale``."""
+        return self.max_step * self.step_scale
+
+    @property
+    def long_step_growth(self) -> float:
+        """The long steps' growth with distance: ``step_growth * step_scale``."""
+        return self.step_growth * self.step_scale
 
     @classmethod
     def from_render_config(cls, rc: Any) -> "MarchParams":
         """The one way to build marching parameters: from a render config (``nerfbs.config.RenderConfig``)."""
         return cls(bound=rc.bound, near_min=rc.near_min, min_step=rc.min_step, max_step=rc.max_step,
-                   step_growth=rc.step_growth * rc.step_scale, max_steps_per_ray=rc.max_steps_per_ray,
-                   early_stop=rc.display_early_stop)
+                   step_growth=rc.step_growth, max_steps_per_ray=rc.max_steps_per_ray,
+                   early_stop=rc.display_early_stop, step_scale=rc.step_scale,
+                   long_step_density=rc.long_step_density)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from taichi_kernels import inference, march
 from taichi_kernels.occupancy import OccupancyGrid
 from taichi_kernels.reference import inference as ref_inference
 from taichi_kernels.reference import march as ref
-from taichi_kernels.samples import MarchParams, one_cell_step
+from taichi_kernels.samples import MarchParams
 
 BOUND = 0.06
 
@@ -121,10 +121,10 @@ def _shell_grid(inner, outer, resolution=32):
 
 @pytest.mark.parametrize("jitter", [False, True])
 def test_long_steps_match_twin_and_start_where_one_cell_steps_start(jitter):
-    cell = one_cell_step(BOUND, 32)
+    cell = 2 * BOUND / 31  # the original's largest step over a 32^3 grid
     grid = _shell_grid(0.03, 0.03 + 0.7 * cell)
     origins, directions = _camera_rays(300, seed=5, spread=0.1)
-    one, long = _params(max_step=cell, step_growth=1.0), _params(max_step=4 * cell, step_growth=1.0)
+    one, long = _params(max_step=cell, step_growth=1.0), _params(max_step=cell, step_growth=1.0, step_scale=4)
     a = march.march_rays_train(origins, directions, grid, one, jitter=jitter, generator=torch.Generator().manual_seed(2))
     b = march.march_rays_train(origins, directions, grid, long, jitter=jitter, generator=torch.Generator().manual_seed(2))
     twin = ref.march_rays_train(origins, directions, grid, long, jitter=jitter, generator=torch.Generator().manual_seed(2))
@@ -139,6 +139,65 @@ def test_long_steps_match_twin_and_start_where_one_cell_steps_start(jitter):
     same_t = (b.t[torch.repeat_interleave(agree, b.ray_counts.long())]
               - twin.t[torch.repeat_interleave(agree, twin.ray_counts.long())]).abs() < 1e-6
     assert same_t.float().mean() >= 0.97
+
+
+def _fog_and_solid(points, frame_index, coeffs):
+    """A faint sphere (density 20) beside a dense one (density 1000)."""
+    fog = (points - torch.tensor([-0.02, 0.0, 0.0])).norm(dim=1) < 0.018
+    solid = (points - torch.tensor([0.022, 0.0, 0.0])).norm(dim=1) < 0.014
+    return 20.0 * fog.float() + 1000.0 * solid.float()
+
+
+@pytest.mark.parametrize("jitter", [False, True])
+def test_long_steps_only_where_the_grid_is_faint(jitter):
+    grid = OccupancyGrid(bound=BOUND, resolution=32)
+    grid.update(_fog_and_solid, torch.ones(1, 1), step=0, generator=torch.Generator().manual_seed(0))
+    cell = 2 * BOUND / 31
+    origins, directions = _camera_rays(300, seed=7, spread=0.1)
+    short, long = _params(max_step=cell, step_growth=1.0), _params(max_step=cell, step_growth=1.0, step_scale=4)
+    mixed = dataclasses.replace(long, long_step_density=100.0)
+    runs = {name: march.march_rays_train(origins, directions, grid, p, jitter=jitter,
+                                         generator=torch.Generator().manual_seed(3))
+            for name, p in (("short", short), ("long", long), ("mixed", mixed))}
+    s = runs["mixed"]
+    assert runs["long"].num_samples < s.num_samples < runs["short"].num_samples
+    res = grid.resolution
+    c = torch.floor((s.positions + BOUND) * res / (2 * BOUND)).long().clamp(0, res - 1)
+    dense = grid.density[c[:, 0] + res * (c[:, 1] + res * c[:, 2])] > 100.0
+    assert dense.sum() > 50 and (~dense).sum() > 40
+    torch.testing.assert_close(s.dt[dense], torch.full_like(s.dt[dense], cell))  # short steps in the solid
+    assert (s.dt[~dense] > 3 * cell).float().mean() > 0.5  # mostly long ones in the fog
+    twin = ref.march_rays_train(origins, directions, grid, mixed, jitter=jitter,
+                                generator=torch.Generator().manual_seed(3))
+    agree = s.ray_counts == twin.ray_counts
+    assert agree.float().mean() >= 0.95
+    agree[-6:] = False  # the axis-aligned extra rays run along cell faces, where rounding decides the cell
+    same_t = (s.t[torch.repeat_interleave(agree, s.ray_counts.long())]
+              - twin.t[torch.repeat_interleave(agree, twin.ray_counts.long())]).abs() < 1e-6
+    assert same_t.float().mean() >= 0.97
+
+
+def test_inference_loop_takes_the_long_and_short_steps_of_training_marching():
+    grid = OccupancyGrid(bound=BOUND, resolution=32)
+    grid.update(_fog_and_solid, torch.ones(1, 1), step=0, generator=torch.Generator().manual_seed(0))
+    origins, directions = _image_rays(16)
+    frames = torch.zeros(origins.shape[0], dtype=torch.int32)
+    background = torch.rand(origins.shape[0], 3, generator=torch.Generator().manual_seed(2))
+    params = _params(max_step=2 * BOUND / 31, step_growth=1.0, step_scale=4, long_step_density=100.0, early_stop=1e-4)
+
+    def field(positions, directions, frame_index):
+        return _fog_and_solid(positions, frame_index, None), torch.sigmoid(positions * 40.0)
+
+    s = march.march_rays_train(origins, directions, grid, params, jitter=False)
+    assert s.dt.max() > 3 * params.max_step and s.dt.min() < 1.01 * params.max_step  # both kinds of step
+    sig, rgb = field(s.positions, s.directions, frames[s.ray_index.long()])
+    train = comp.composite(sig, rgb, s.t, s.dt, s.ray_offsets, s.ray_counts, background, early_stop=params.early_stop)
+    infer = inference.render_rays_inference(origins, directions, frames, field, grid, params, background,
+                                            samples_per_round=3)
+    twin = ref_inference.render_rays_inference(origins, directions, frames, field, grid, params, background)
+    for name, a, b, c in zip(("rgb", "opacity", "depth"), infer, train, twin):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-3, msg=name)
 
 
 def test_empty_grid_and_empty_batches_give_no_samples():

@@ -75,7 +75,7 @@ def test_bad_training_input_is_one_line(tiny_run, tmp_path):
     assert "./dataset/nowhere" in one_line_error(invoke("train", "nowhere", "--steps", 5))
     assert "--steps must be at least 1" in one_line_error(invoke("train", tiny_run.subject, "--steps", 0))
     assert "--rays-per-image" in one_line_error(invoke("train", tiny_run.subject, "--rays-per-image", 2))
-    assert "--step-scale must be between 0.25 and 16" in one_line_error(invoke("train", tiny_run.subject, "--step-scale", 40))
+    assert "--step-scale must be between 1.0 and 16.0" in one_line_error(invoke("train", tiny_run.subject, "--step-scale", 40))
     assert "nothing to resume" in one_line_error(invoke("train", tiny_run.subject, "--resume",
                                                         "--workspace", tmp_path / "empty"))
     ws = tmp_path / "corrupt"
@@ -174,6 +174,6 @@ def test_step_scale_option_reaches_the_run_and_its_marching(tiny_run, tmp_path):
                     "--step-scale", 4, "--workspace", ws)
     assert result.exit_code == 0, result.output
     assert json.loads((ws / "config.json").read_text())["render"]["step_scale"] == 4.0
-    config = load_avatar(ws / "checkpoints" / "latest.pth").config
-    assert config.render.max_step == pytest.approx(4 * SMALL_RENDER.max_step)
-    assert MarchParams.from_render_config(config.render).step_growth == pytest.approx(4 * SMALL_RENDER.step_growth)
+    params = MarchParams.from_render_config(load_avatar(ws / "checkpoints" / "latest.pth").config.render)
+    assert params.long_max_step == pytest.approx(4 * SMALL_RENDER.max_step)
+    assert params.long_step_growth == pytest.approx(4 * SMALL_RENDER.step_growth)

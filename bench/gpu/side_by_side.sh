@@ -1,11 +1,13 @@
 #!/bin/bash
 # Session 10's device calls (issue 15): several trainings side by side on the one GPU, then some avatars' renders
-# measured one at a time. RUNS lists them as NAME:SUBJECT:TEST_LAST:STEP_SCALE (SUBJECT under /tmp/subjects, as
-# katie_setup.sh unpacks the carried groups); each trains $MINUTES of the default recipe with render.step_scale set
-# (every marching step that many times the original recipe's; bench/empty_space.py run --variant today
-# --no-render), its held-out frames (and $SCORE_TRAIN training frames) scored, then, for the runs named in RENDER
-# (default: all), in that order, `bench/empty_space.py render` adds samples per pixel and frames/s, batched and one
-# at a time (the first RENDER_FRAMES held-out frames; 0: all). SYNTH lists subjects to make first, as NAME:TRACKS_SUBJECT:FRAMES (nerfbs synth --tracks-from, 512x512).
+# measured one at a time. RUNS lists the trainings as NAME:SUBJECT:TEST_LAST:STEP_SCALE[:LONG_STEP_DENSITY]
+# (SUBJECT under /tmp/subjects, as katie_setup.sh unpacks the carried groups). Each trains $MINUTES of the default
+# recipe with render.step_scale (long marching steps, that many times the original recipe's) and
+# render.long_step_density (0 when not given: every step long) set, by `bench/empty_space.py run --variant today
+# --no-render`, and scores its held-out frames (and $SCORE_TRAIN training frames). Then, for the runs named in
+# RENDER (default: all), in that order, `bench/empty_space.py render` adds samples per pixel and frames/s, batched
+# and one at a time, over the first RENDER_FRAMES held-out frames (0: all). SYNTH lists subjects to make first, as
+# NAME:TRACKS_SUBJECT:FRAMES (`nerfbs synth --tracks-from`, 512x512).
 # Carry .gpu and .carry. Everything comes back as results.tgz. A CPU dry run:
 #   MINUTES=0.1 MODEL=small NERFBS_ARCH=cpu OUT=/tmp/out RUNS="a:katie_new:40:1 b:katie_new:40:4" bash bench/gpu/side_by_side.sh
 MINUTES=${MINUTES:-5} MODEL=${MODEL:-original} SCORE_TRAIN=${SCORE_TRAIN:-0} SYNTH=${SYNTH:-} RENDER_FRAMES=${RENDER_FRAMES:-0}
@@ -20,10 +22,11 @@ for spec in $SYNTH; do
 done
 pids=() names=()
 for spec in $RUNS; do
-    IFS=: read name subject test_last cells <<< "$spec"
+    IFS=: read name subject test_last scale density <<< "$spec"
     rm -rf /tmp/ws/$name
     python3 bench/empty_space.py run --subject /tmp/subjects/$subject --test-last $test_last --minutes $MINUTES \
-        --model $MODEL --variant today --set render.step_scale=$cells --score-train $SCORE_TRAIN --render-frames $RENDER_FRAMES --no-render \
+        --model $MODEL --variant today --set render.step_scale=$scale \
+        --set render.long_step_density=${density:-0} --score-train $SCORE_TRAIN --render-frames $RENDER_FRAMES --no-render \
         --workspace /tmp/ws/$name --out $R/$name.json > $R/$name.log 2>&1 &
     pids+=($!) names+=($name)
 done

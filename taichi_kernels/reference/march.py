@@ -9,7 +9,7 @@ import torch
 if TYPE_CHECKING:
     from taichi_kernels.occupancy import OccupancyGrid
 
-from taichi_kernels.samples import MarchParams, Samples, one_cell_step
+from taichi_kernels.samples import MarchParams, Samples
 
 _NUDGE = 1e-3  # past a cell's exit, in cell sizes (as the kernel)
 
@@ -29,11 +29,11 @@ def ray_aabb(origins: torch.Tensor, directions: torch.Tensor, bound: float,
     return near, far
 
 
-def _occupied_at(points: torch.Tensor, grid: "OccupancyGrid") -> tuple[torch.Tensor, torch.Tensor]:
+def _cell_at(points: torch.Tensor, grid: "OccupancyGrid") -> tuple[torch.Tensor, torch.Tensor]:
+    """(integer cell [N, 3], flat index [N]) of world points, clamped to the grid."""
     res = grid.resolution
     cell = torch.floor((points + grid.bound) * (res / (2.0 * grid.bound))).long().clamp(0, res - 1)
-    index = cell[:, 0] + res * (cell[:, 1] + res * cell[:, 2])
-    return grid.occupied()[index], cell
+    return cell, cell[:, 0] + res * (cell[:, 1] + res * cell[:, 2])
 
 
 def march_rays_train(origins: torch.Tensor, directions: torch.Tensor, grid: "OccupancyGrid", params: MarchParams, *,
@@ -43,22 +43,29 @@ def march_rays_train(origins: torch.Tensor, directions: torch.Tensor, grid: "Occ
     device = origins.device
     near, far = ray_aabb(origins, directions, params.bound, params.near_min)
 
-    def step(t):
-        return (t * params.step_growth).clamp(params.min_step, params.max_step)
+    def step(t, scale):
+        return (t * (params.step_growth * scale)).clamp(params.min_step, params.max_step * scale)
+
+    def denser(t):
+        return grid.density[_cell_at(origins + t[:, None] * directions, grid)[1]] > params.long_step_density
 
     u = torch.rand(rays, generator=generator, device=device) if jitter else torch.zeros(rays, device=device)
-    t = near + u * step(near)
+    t = near + u * step(near, params.step_scale)
     n = torch.zeros(rays, dtype=torch.int64, device=device)
     active = far > near
     cell_size = 2.0 * params.bound / grid.resolution
     out_r, out_t, out_dt, out_k = [], [], [], []
     while bool(active.any()):
-        dt = step(t)
+        dt = step(t, params.step_scale)
         tm = t + 0.5 * dt
         active &= tm < far
-        probe = t + 0.5 * dt.clamp_max(one_cell_step(params.bound, grid.resolution))
-        occupied, cell = _occupied_at(origins + probe[:, None] * directions, grid)
-        take = active & occupied
+        probe = t + 0.5 * dt.clamp_max(params.max_step)
+        cell, index = _cell_at(origins + probe[:, None] * directions, grid)
+        take = active & grid.occupied()[index]
+        if params.long_step_density > 0 and params.step_scale != 1:
+            dense = (grid.density[index] > params.long_step_density) | denser(tm) | denser(t + dt)
+            dt = torch.where(dense, step(t, 1.0), dt)
+            tm = t + 0.5 * dt
         out_r.append(torch.nonzero(take).squeeze(1))
         out_t.append(tm[take])
         out_dt.append(dt[take])
