@@ -138,7 +138,8 @@ def _kernels(res: int, params: MarchParams):
     Constants instead of scalar arguments: each kernel argument costs host time at every launch.
     """
     bound, near_min = float(params.bound), float(params.near_min)
-    min_step, long_max, long_growth = float(params.min_step), float(params.long_max_step), float(params.long_step_growth)
+    min_step = float(params.min_step)
+    long_max, long_growth = float(params.long_max_step), float(params.long_step_growth)
     max_steps = int(params.max_steps_per_ray)
     next_sample = grid_stepper(res, params)
 
@@ -244,8 +245,8 @@ def march_rays_train(origins: torch.Tensor, directions: torch.Tensor, grid: Occu
     kernels = _kernels(grid.resolution, params)
     if rays:
         empty3 = torch.empty(0, 3, dtype=torch.float32, device=device)
-        kernels["count"](origins, directions, offsets_in_step, grid.bitfield, grid.density, counts, offsets, empty3, empty3,
-                         empty3[:, :2], torch.empty(0, dtype=torch.int32, device=device))
+        kernels["count"](origins, directions, offsets_in_step, grid.bitfield, grid.density, counts, offsets, empty3,
+                         empty3, empty3[:, :2], torch.empty(0, dtype=torch.int32, device=device))
         ends = torch.cumsum(counts, 0, dtype=torch.int32)
         offsets = ends - counts
         total = int(ends[-1])  # the one host sync
@@ -256,6 +257,6 @@ def march_rays_train(origins: torch.Tensor, directions: torch.Tensor, grid: Occu
     t_dt = torch.empty(total, 2, dtype=torch.float32, device=device)
     ray_index = torch.empty(total, dtype=torch.int32, device=device)
     if total:
-        kernels["write"](origins, directions, offsets_in_step, grid.bitfield, grid.density, counts, offsets, positions, sample_dirs,
-                         t_dt, ray_index)
+        kernels["write"](origins, directions, offsets_in_step, grid.bitfield, grid.density, counts, offsets, positions,
+                         sample_dirs, t_dt, ray_index)
     return Samples(positions, sample_dirs, t_dt[:, 0], t_dt[:, 1], ray_index, offsets, counts)
