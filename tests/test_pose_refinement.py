@@ -241,7 +241,9 @@ def test_no_pose_refinement_option(tiny_run, tmp_path):
     result = invoke("train", tiny_run.subject, "--model", "small", "--steps", 2, "--test-last", 2, "--no-lpips",
                     "--no-pose-refinement", "--workspace", ws)
     assert result.exit_code == 0, result.output
-    assert json.loads((ws / "config.json").read_text())["train"]["pose_refinement"] is False
+    config = json.loads((ws / "config.json").read_text())
+    assert config["train"]["pose_refinement"] is False
+    assert config["render"]["step_scale"] == 4.0  # the small model's long steps, --step-scale not given
     assert ckpt.load_checkpoint(ws / "checkpoints" / "latest.pth")["poses"] is None
 
 

@@ -168,12 +168,12 @@ def test_distortion_steps_end_the_distortion_loss(tiny_run, tmp_path):
     assert result.exit_code != 0 and "--distortion-steps" in result.output
 
 
-def test_step_scale_option_reaches_the_run_and_its_marching(tiny_run, tmp_path):
+def test_step_scale_option_overrides_the_model_s_and_reaches_its_marching(tiny_run, tmp_path):
     ws = tmp_path / "long-steps"
     result = invoke("train", tiny_run.subject, "--model", "small", "--steps", 2, "--test-last", 2, "--no-lpips",
-                    "--step-scale", 4, "--workspace", ws)
+                    "--step-scale", 2, "--workspace", ws)
     assert result.exit_code == 0, result.output
-    assert json.loads((ws / "config.json").read_text())["render"]["step_scale"] == 4.0
+    assert SMALL_RENDER.step_scale == 4.0 and json.loads((ws / "config.json").read_text())["render"]["step_scale"] == 2.0
     params = MarchParams.from_render_config(load_avatar(ws / "checkpoints" / "latest.pth").config.render)
-    assert params.long_max_step == pytest.approx(4 * SMALL_RENDER.max_step)
-    assert params.long_step_growth == pytest.approx(4 * SMALL_RENDER.step_growth)
+    assert params.long_max_step == pytest.approx(2 * SMALL_RENDER.max_step)
+    assert params.long_step_growth == pytest.approx(2 * SMALL_RENDER.step_growth)
