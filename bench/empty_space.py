@@ -137,6 +137,7 @@ def run(args) -> None:
               "train_marched_per_ray": float(np.mean([r.get("marched_per_ray", r["samples_per_ray"]) for r in tail])),
               "occupied_share": float(np.mean([r["occupancy"] for r in tail])),
               "history": [{k: r[k] for k in ("step", "samples_per_ray", "occupancy") if k in r} for r in rows[::10]]}
+    report["grid_density"] = grid_density_figures(model.grid)
     model.field.eval()
     report["held_out"] = {region: v for region, v in score_held_out(model).items()}
     if args.score_train:
@@ -149,6 +150,17 @@ def run(args) -> None:
         report["render"] = render_figures(model, frames, args.repeats)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print_table([report])
+
+
+def grid_density_figures(grid) -> dict:
+    """How dense the occupied cells are (quantiles) and which share of them lies above a few densities: the
+    cells where render.long_step_density = L turns long steps back into the original's."""
+    occupied = grid.density[grid.density > grid.threshold].float().cpu()
+    if occupied.numel() == 0:
+        return {"threshold": grid.threshold}
+    quantiles = torch.quantile(occupied[torch.randperm(occupied.numel())[:1 << 20]], torch.tensor([0.1, 0.5, 0.9, 0.99]))
+    return {"threshold": grid.threshold, "quantiles_10_50_90_99": [float(q) for q in quantiles],
+            "share_above": {str(L): float((occupied > L).float().mean()) for L in (10, 50, 200, 1000, 5000)}}
 
 
 def score_training_frames(model, count: int) -> dict:
@@ -171,6 +183,17 @@ def render_checkpoint(args) -> None:
     report["render"] = render_figures(avatar, frames, report.get("repeats", 1))
     Path(args.report).write_text(json.dumps(report, indent=1))
     print_table([report])
+
+
+def evaluate_checkpoint(args) -> None:
+    """`nerfbs eval`'s report (metrics, worst frames, contact sheet) of a run's checkpoint into ``args.out``,
+    without LPIPS and without the CLI (the GPU machine has no typer)."""
+    from nerfbs.commands import evaluate_run
+
+    report = json.loads(Path(args.report).read_text())
+    avatar = load_avatar(report["checkpoint"], runtime.torch_device(), subject_dir=report["subject"])
+    avatar.field.eval()
+    evaluate_run(avatar.field, avatar.grid, avatar.config.render, avatar.subject, None, Path(args.out))
 
 
 def _psnrs(scores: dict | None) -> str:
@@ -219,6 +242,9 @@ def main() -> None:
     r.add_argument("--score-train", type=int, default=0, metavar="N", help="also score N training frames")
     d = sub.add_parser("render")
     d.add_argument("report", help="the JSON of a run --no-render (its checkpoint is read, its figures added)")
+    e = sub.add_parser("eval")
+    e.add_argument("report", help="the JSON of a run (its checkpoint is evaluated)")
+    e.add_argument("--out", required=True, help="the report folder")
     t = sub.add_parser("table")
     t.add_argument("reports", nargs="+")
     t.add_argument("--out", default="")
@@ -227,6 +253,8 @@ def main() -> None:
         run(args)
     elif args.command == "render":
         render_checkpoint(args)
+    elif args.command == "eval":
+        evaluate_checkpoint(args)
     else:
         reports = [json.loads(Path(p).read_text()) for p in args.reports]
         print_table(reports)
