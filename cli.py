@@ -98,7 +98,7 @@ def train(
     table_l1: bool = typer.Option(_TRAIN.table_l1_weight > 0, help="L1 penalty on the non-neutral tables."),
     distortion: float = typer.Option(_TRAIN.distortion_weight, help="mip-NeRF 360's distortion loss weight (0: off)."),
     distortion_steps: int = typer.Option(_TRAIN.distortion_steps, help="Distortion loss in the first N steps (0: all)."),
-    step_scale: Optional[float] = typer.Option(None, help="Marching steps x this (4: 3x faster renders of real videos).",
+    step_scale: Optional[float] = typer.Option(None, help="Marching steps x this where the field is faint (1: the original's).",
                                                show_default=f"{_RENDER.step_scale:g}; small model {SMALL_RENDER.step_scale:g}"),
     subpixel_rays: bool = _flag("--subpixel-rays", "Colour rays through random points of their pixels, targets read "
                                                    "bilinearly (the original: pixel centres)."),

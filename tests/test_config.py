@@ -50,14 +50,15 @@ def test_step_scale_lengthens_every_step_and_is_checked():
     from nerfbs.config import RenderConfig
     from taichi_kernels.samples import MarchParams
 
-    one = MarchParams.from_render_config(RenderConfig())
+    one = MarchParams.from_render_config(RenderConfig(step_scale=1.0, long_step_density=0.0))
     four = MarchParams.from_render_config(RenderConfig(step_scale=4, long_step_density=50.0))
     assert one.long_max_step == one.max_step == pytest.approx(2 * 0.06 / 127)  # the original: one cell of 128^3
     assert four.long_max_step == pytest.approx(4 * one.max_step) and four.long_step_growth == pytest.approx(4 * one.step_growth)
     assert (four.min_step, four.max_step, four.long_step_density) == (one.min_step, one.max_step, 50.0)
     old = Config().to_dict()
     del old["render"]["step_scale"], old["render"]["long_step_density"]  # checkpoints written before the options
-    assert Config.from_dict(old).render == RenderConfig()
+    assert Config.from_dict(old).render == RenderConfig(step_scale=1.0, long_step_density=0.0)  # as they trained
+    assert (RenderConfig().step_scale, RenderConfig().long_step_density) == (5.0, 200.0)  # today's default
     for bad in ({"step_scale": 0.5}, {"step_scale": 17.0}, {"long_step_density": -1.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             RenderConfig(**bad)

@@ -16,8 +16,10 @@ BOUND = 0.06
 
 
 def _params(**overrides) -> MarchParams:
-    """The renderer's marching parameters (from ``RenderConfig``, as nerfbs builds them) over the test's box."""
-    return dataclasses.replace(MarchParams.from_render_config(RenderConfig(bound=BOUND)), **overrides)
+    """The original recipe's marching parameters (from ``RenderConfig``, as nerfbs builds them: one-cell steps
+    everywhere) over the test's box; the long steps' tests set step_scale and long_step_density."""
+    original = RenderConfig(bound=BOUND, step_scale=1.0, long_step_density=0.0)
+    return dataclasses.replace(MarchParams.from_render_config(original), **overrides)
 
 
 def _blobs(points, frame_index, coeffs):
