@@ -158,7 +158,7 @@ def grid_density_figures(grid) -> dict:
     occupied = grid.density[grid.density > grid.threshold].float().cpu()
     if occupied.numel() == 0:
         return {"threshold": grid.threshold}
-    quantiles = torch.quantile(occupied[torch.randperm(occupied.numel())[:1 << 20]], torch.tensor([0.1, 0.5, 0.9, 0.99]))
+    quantiles = torch.quantile(occupied, torch.tensor([0.1, 0.5, 0.9, 0.99]))  # at most 128^3 cells: within its limit
     return {"threshold": grid.threshold, "quantiles_10_50_90_99": [float(q) for q in quantiles],
             "share_above": {str(L): float((occupied > L).float().mean()) for L in (10, 50, 200, 1000, 5000)}}
 
