@@ -1,7 +1,8 @@
-"""Where a single 512x512 frame's render time goes: torch's profiler over ``render_image`` of a trained avatar
-(the viewer's call), after warm-up. Prints the top operations by device time and the inference loop's figures.
+"""Where a 512x512 frame's render time goes: torch's profiler over ``render_images`` of a trained avatar, one
+frame per call (the viewer's) or ``--batch`` frames per call (``nerfbs render``'s), after warm-up. Prints the top
+operations by device time and the inference loop's figures.
 
-    python3 bench/render_profile.py runs/me/checkpoints/latest.pth --subject subjects/me --frames 20
+    python3 bench/render_profile.py runs/me/checkpoints/latest.pth --subject subjects/me --frames 20 [--batch 8]
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nerfbs.export.avatar import load_avatar  # noqa: E402
-from nerfbs.render.image import render_image  # noqa: E402
+from nerfbs.render.image import render_images  # noqa: E402
 
 
 def sync() -> None:
@@ -30,16 +31,18 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=20)
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--per-round", default="", help="also time these first-round sample counts, e.g. 16,32,64")
+    parser.add_argument("--batch", type=int, default=1, help="frames per render call")
     args = parser.parse_args()
     avatar = load_avatar(args.checkpoint, subject_dir=args.subject)
     avatar.field.eval()
     s = avatar.subject
     background = s.background.float() / 255.0
-    frames = [int(i) for i in s.test_indices][: args.frames]
+    test = [int(i) for i in s.test_indices][: args.frames]
+    frames = [test[i:i + args.batch] for i in range(0, len(test), args.batch)]  # one list per render call
 
-    def one(f: int, stats: dict | None = None, per_round: int | None = None) -> None:
-        images = render_image(avatar.field, avatar.grid, avatar.config.render, s.poses[f], s.intrinsics, s.coeffs[f],
-                              background, stats=stats, samples_per_round=per_round)
+    def one(f: list[int], stats: dict | None = None, per_round: int | None = None) -> None:
+        images = render_images(avatar.field, avatar.grid, avatar.config.render, s.poses[f], s.intrinsics, s.coeffs[f],
+                               background, stats=stats, samples_per_round=per_round)
         images.rgb.clamp(0, 1).mul(255).to(torch.uint8).cpu()
 
     for per_round in [None] + [int(n) for n in args.per_round.split(",") if n]:
@@ -55,11 +58,11 @@ def main() -> None:
             samples += stats["samples"]
             kernel_ms += stats["round_kernel_ms"]
         sync()
-        ms = 1e3 * (time.perf_counter() - start) / len(frames)
-        n = len(frames)
-        print(f"{ms:.1f} ms per frame, {rounds / n:.1f} rounds, {samples / n / 1e6:.2f} M samples per frame, "
-              f"{kernel_ms / n:.1f} ms from round launches to counters (first round: {per_round or 'default'} "
-              "samples per ray)")
+        n = len(test)
+        ms = 1e3 * (time.perf_counter() - start) / n
+        print(f"{ms:.1f} ms per frame ({args.batch} per call), {rounds / len(frames):.1f} rounds per call, "
+              f"{samples / n / 1e6:.2f} M samples per frame, {kernel_ms / n:.1f} ms per frame from round launches to "
+              f"counters (first round: {per_round or 'default'} samples per ray)")
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
                                                           if torch.cuda.is_available() else [])
     with torch.profiler.profile(activities=activities) as prof:
