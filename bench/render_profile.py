@@ -38,7 +38,7 @@ def main() -> None:
     s = avatar.subject
     background = s.background.float() / 255.0
     test = [int(i) for i in s.test_indices][: args.frames]
-    frames = [test[i:i + args.batch] for i in range(0, len(test), args.batch)]  # one list per render call
+    calls = [test[i:i + args.batch] for i in range(0, len(test), args.batch)]  # the frames of each render call
 
     def one(f: list[int], stats: dict | None = None, per_round: int | None = None) -> None:
         images = render_images(avatar.field, avatar.grid, avatar.config.render, s.poses[f], s.intrinsics, s.coeffs[f],
@@ -46,12 +46,12 @@ def main() -> None:
         images.rgb.clamp(0, 1).mul(255).to(torch.uint8).cpu()
 
     for per_round in [None] + [int(n) for n in args.per_round.split(",") if n]:
-        for f in frames[:3]:
+        for f in calls[:3]:
             one(f, per_round=per_round)
         sync()
         start = time.perf_counter()
         rounds, samples, kernel_ms = 0, 0, 0.0
-        for f in frames:
+        for f in calls:
             stats: dict = {}
             one(f, stats, per_round)
             rounds += stats["rounds"]
@@ -60,13 +60,13 @@ def main() -> None:
         sync()
         n = len(test)
         ms = 1e3 * (time.perf_counter() - start) / n
-        print(f"{ms:.1f} ms per frame ({args.batch} per call), {rounds / len(frames):.1f} rounds per call, "
+        print(f"{ms:.1f} ms per frame ({args.batch} per call), {rounds / len(calls):.1f} rounds per call, "
               f"{samples / n / 1e6:.2f} M samples per frame, {kernel_ms / n:.1f} ms per frame from round launches to "
               f"counters (first round: {per_round or 'default'} samples per ray)")
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
                                                           if torch.cuda.is_available() else [])
     with torch.profiler.profile(activities=activities) as prof:
-        for f in frames:
+        for f in calls:
             one(f)
         sync()
     print(prof.key_averages().table(sort_by="cuda_time_total" if torch.cuda.is_available() else "cpu_time_total", row_limit=args.rows, max_name_column_width=60))
