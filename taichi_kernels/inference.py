@@ -44,16 +44,16 @@ def _kernels(res: int, params: MarchParams):
             t_dt_in: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [S_in, 2] last round's samples, compact
             counter: ti.types.ndarray(dtype=ti.i32, ndim=1),  # [2] zero on entry: rays alive, samples written
             work_out: ti.types.ndarray(dtype=ti.i32, ndim=2),  # [A, 4] written for the first counter[0] rows
-            scratch: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [A * n_out, 2] per-slot t, dt before compaction
+            scratch: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [A * n_out, 2] per input slot t, dt before compaction
             positions: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [S_out, 3] written for the first counter[1] rows
             sample_dirs: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [S_out, 3] written
             frames: ti.types.ndarray(dtype=ti.i32, ndim=1),  # [S_out] written
             t_dt_out: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [S_out, 2] written
         ):
-            # Composite last round's samples of each ray; if it is still alive, reserve a work slot, march up to
-            # n_out samples into the slot's scratch, then reserve that many compact sample rows and write them
-            # there (the field gets only live samples, each ray's contiguous and in marching order).
-            n_out = scratch.shape[0] // ti.max(work_out.shape[0], 1)
+            # Composite last round's samples of each ray; if it is still alive, march up to n_out samples into its
+            # input slot's scratch, then, if it found any, reserve a work slot and that many compact sample rows and
+            # write them there (the field gets only live samples, each ray's contiguous and in marching order).
+            n_out = scratch.shape[0] // ti.max(work_in.shape[0], 1)
             for a in range(work_in.shape[0]):
                 r = work_in[a, 0]
                 done = work_in[a, 3]
@@ -80,7 +80,6 @@ def _kernels(res: int, params: MarchParams):
                     for k in ti.static(range(5)):
                         acc[r, k + 1] = total[k]
                 if done == 0:
-                    slot = ti.atomic_add(counter[0], 1)
                     o = ti.Vector([rays[r, 0], rays[r, 1], rays[r, 2]])
                     d = ti.Vector([rays[r, 3], rays[r, 4], rays[r, 5]])
                     t = rays[r, 6]
@@ -94,29 +93,31 @@ def _kernels(res: int, params: MarchParams):
                         if s[0] == 0.0:
                             finished = 1
                             break
-                        scratch[slot * n_out + k, 0] = s[1]
-                        scratch[slot * n_out + k, 1] = s[2]
+                        scratch[a * n_out + k, 0] = s[1]
+                        scratch[a * n_out + k, 1] = s[2]
                         t = s[3]
                         n += 1
                         k += 1
-                    base = ti.atomic_add(counter[1], k)
-                    frame = ray_ints[r, 0]
-                    for j in range(k):
-                        tm = scratch[slot * n_out + j, 0]
-                        i = base + j
-                        p = o + tm * d
-                        for c in ti.static(range(3)):
-                            positions[i, c] = p[c]
-                            sample_dirs[i, c] = d[c]
-                        frames[i] = frame
-                        t_dt_out[i, 0] = tm
-                        t_dt_out[i, 1] = scratch[slot * n_out + j, 1]
                     rays[r, 6] = t
                     ray_ints[r, 1] = n
-                    work_out[slot, 0] = r
-                    work_out[slot, 1] = base
-                    work_out[slot, 2] = k
-                    work_out[slot, 3] = finished
+                    if k > 0:  # a ray that left the box without a new sample has nothing left to composite
+                        slot = ti.atomic_add(counter[0], 1)
+                        base = ti.atomic_add(counter[1], k)
+                        frame = ray_ints[r, 0]
+                        for j in range(k):
+                            tm = scratch[a * n_out + j, 0]
+                            i = base + j
+                            p = o + tm * d
+                            for c in ti.static(range(3)):
+                                positions[i, c] = p[c]
+                                sample_dirs[i, c] = d[c]
+                            frames[i] = frame
+                            t_dt_out[i, 0] = tm
+                            t_dt_out[i, 1] = scratch[a * n_out + j, 1]
+                        work_out[slot, 0] = r
+                        work_out[slot, 1] = base
+                        work_out[slot, 2] = k
+                        work_out[slot, 3] = finished
 
         return render_round
 

@@ -274,6 +274,29 @@ def test_inference_loop_equals_training_path_without_jitter():
         torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-3, msg=name)
 
 
+def test_inference_loop_retires_rays_that_find_no_sample_in_the_round_they_march():
+    # A ray whose march leaves the box without a sample is not carried into another round: with nothing occupied
+    # the first launch ends the loop, and with a small sphere the rays that miss it take no work slot.
+    origins, directions = _image_rays(12)
+    frames = torch.zeros(origins.shape[0], dtype=torch.int32)
+    background = torch.rand(origins.shape[0], 3, generator=torch.Generator().manual_seed(2))
+    field = _sphere_field(400.0, 0.02)
+    stats = {}
+    empty = _sphere_grid(0.0)
+    rgb, opacity, _ = inference.render_rays_inference(origins, directions, frames, field, empty, _params(), background,
+                                                      stats=stats)
+    assert stats["rounds"] == 0 and stats["host_syncs"] == 1 and stats["samples"] == 0
+    torch.testing.assert_close(rgb, background)
+    assert torch.equal(opacity, torch.zeros_like(opacity))
+    grid = _sphere_grid(0.02)
+    infer = inference.render_rays_inference(origins, directions, frames, field, grid, _params(), background,
+                                            samples_per_round=1024, max_samples_per_round=1024, stats=stats)
+    twin = ref_inference.render_rays_inference(origins, directions, frames, field, grid, _params(), background)
+    assert stats["rounds"] == 1 and stats["host_syncs"] == 2  # one round marches every sample; nothing is left
+    for name, a, b in zip(("rgb", "opacity", "depth"), infer, twin):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("per_round,cap", [(1, 1024), (3, 1024), (16, 1024), (64, 1024), (8, 5)])
 def test_inference_loop_matches_twin_for_any_round_size_and_step_cap(per_round, cap):
     grid = _sphere_grid(0.044)
