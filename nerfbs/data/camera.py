@@ -99,11 +99,18 @@ def image_rays(poses: torch.Tensor, camera: Intrinsics) -> tuple[torch.Tensor, t
     """
     _check_pose(poses, "image_rays")
     poses = poses.reshape(-1, 4, 4)
-    b, h, w, device = poses.shape[0], camera.height, camera.width, poses.device
+    b, h, w, device, dtype = poses.shape[0], camera.height, camera.width, poses.device, poses.dtype
+    # One camera-space direction per pixel, shared by the B cameras, turned by each camera's rotation in one
+    # batched product: gathering a [4, 4] pose per ray and a per-ray product cost half a millisecond per 512x512
+    # frame of a batched render (docs/PERF.md, session 13).
     vv, uu = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-    u, v = uu.reshape(-1).repeat(b), vv.reshape(-1).repeat(b)  # [B*H*W]
+    cam = torch.stack([(uu.reshape(-1).to(dtype) - camera.cx) / camera.fx,
+                       (vv.reshape(-1).to(dtype) - camera.cy) / camera.fy,
+                       torch.ones(h * w, dtype=dtype, device=device)], -1)  # [H*W, 3]
+    directions = torch.matmul(cam, poses[:, :3, :3].transpose(1, 2)).reshape(-1, 3)  # [B*H*W, 3]
+    directions = directions / directions.norm(dim=-1, keepdim=True)
+    origins = poses[:, None, :3, 3].expand(b, h * w, 3).reshape(-1, 3)
     index = torch.arange(b, device=device, dtype=torch.int32).repeat_interleave(h * w)
-    origins, directions = pixel_rays(poses, camera.fx, camera.fy, camera.cx, camera.cy, u, v, index)
     return origins, directions, index
 
 
