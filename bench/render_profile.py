@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nerfbs.export.avatar import load_avatar  # noqa: E402
+from nerfbs.render import rays as rays_module  # noqa: E402
 from nerfbs.render.image import render_images  # noqa: E402
 
 
@@ -29,8 +30,9 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--subject", type=Path, default=None)
     parser.add_argument("--frames", type=int, default=20)
-    parser.add_argument("--rows", type=int, default=25)
-    parser.add_argument("--per-round", default="", help="also time these first-round sample counts, e.g. 16,32,64")
+    parser.add_argument("--rows", type=int, default=25, help="rows of the profiler's table (0: no profile)")
+    parser.add_argument("--per-round", default="", help="also time these first-round sample counts, each N or N:CAP "
+                                                         "(CAP: the most a round grows to), e.g. 16,32,8:32")
     parser.add_argument("--batch", type=int, default=1, help="frames per render call")
     args = parser.parse_args()
     avatar = load_avatar(args.checkpoint, subject_dir=args.subject)
@@ -38,6 +40,7 @@ def main() -> None:
     s = avatar.subject
     background = s.background.float() / 255.0
     test = [int(i) for i in s.test_indices][: args.frames]
+    default_cap = rays_module.MAX_SAMPLES_PER_ROUND
     calls = [test[i:i + args.batch] for i in range(0, len(test), args.batch)]  # the frames of each render call
 
     def one(f: list[int], stats: dict | None = None, per_round: int | None = None) -> None:
@@ -45,7 +48,10 @@ def main() -> None:
                                background, stats=stats, samples_per_round=per_round)
         images.rgb.clamp(0, 1).mul(255).to(torch.uint8).cpu()
 
-    for per_round in [None] + [int(n) for n in args.per_round.split(",") if n]:
+    for spec in [None] + [n for n in args.per_round.split(",") if n]:
+        per_round, _, cap = (spec or "").partition(":")
+        per_round = int(per_round) if per_round else None
+        rays_module.MAX_SAMPLES_PER_ROUND = int(cap) if cap else default_cap
         for f in calls[:3]:
             one(f, per_round=per_round)
         sync()
@@ -62,7 +68,11 @@ def main() -> None:
         ms = 1e3 * (time.perf_counter() - start) / n
         print(f"{ms:.1f} ms per frame ({args.batch} per call), {rounds / len(calls):.1f} rounds per call, "
               f"{samples / n / 1e6:.2f} M samples per frame, {kernel_ms / n:.1f} ms per frame from round launches to "
-              f"counters (first round: {per_round or 'default'} samples per ray)")
+              f"counters (first round: {per_round or 'default'} samples per ray, rounds up to "
+              f"{rays_module.MAX_SAMPLES_PER_ROUND})")
+    rays_module.MAX_SAMPLES_PER_ROUND = default_cap
+    if args.rows == 0:
+        return
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
                                                           if torch.cuda.is_available() else [])
     with torch.profiler.profile(activities=activities) as prof:

@@ -95,6 +95,7 @@ def _visible_samples(field: BlendShapeField, samples: Samples, ray_frame: torch.
 # a batch of frames marches less per round (less overshoot past the rays' early stop).
 SAMPLES_PER_ROUND = 8
 SINGLE_FRAME_SAMPLES_PER_ROUND = 16
+MAX_SAMPLES_PER_ROUND = 64  # the most a round grows to as rays retire
 
 
 @torch.no_grad()
@@ -120,7 +121,7 @@ def render_rays(field: BlendShapeField, grid: OccupancyGrid, config: RenderConfi
         part: dict = {}
         outs.append(render_rays_inference(origins[start:end], directions[start:end], ray_frame[start:end], field_fn,
                                           grid, params, background[start:end], samples_per_round=samples_per_round,
-                                          max_samples_per_round=max(64, samples_per_round), stats=part))
+                                          max_samples_per_round=max(MAX_SAMPLES_PER_ROUND, samples_per_round), stats=part))
         per_ray.append(part.pop("ray_samples"))
         if stats is not None:
             for k, v in part.items():
