@@ -46,7 +46,7 @@ def main() -> None:
     out = torch.empty(1, grid.output_dim, dtype=torch.float16, device=device)
     kernels = {
         "harmonics (2 tensors)": (color_input._harmonics_kernel(4, 16, torch.float16, runtime.current_arch()), (directions, row)),
-        "hash-grid lookup (4 tensors)": (hash_grid._kernels(grid, torch.float32, runtime.current_arch(), True, True)[2],
+        "hash-grid lookup (4 tensors)": (hash_grid._kernels(grid, torch.float32, runtime.current_arch(), True, True)[2][True, 1],
                                          (points, frames, blended, out)),
     }
     print(f"{runtime.current_arch()}: host time per launch, median of 3 passes of {args.launches}")

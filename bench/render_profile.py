@@ -2,7 +2,8 @@
 frame per call (the viewer's) or ``--batch`` frames per call (``nerfbs render``'s), after warm-up. Prints the top
 operations by device time and the inference loop's figures.
 
-    python3 bench/render_profile.py runs/me/checkpoints/latest.pth --subject subjects/me --frames 20 [--batch 8]
+    python3 bench/render_profile.py runs/me/checkpoints/latest.pth --subject subjects/me --frames 20 [--batch 8] \
+        [--per-round 16,8:32] [--lookup 1,2,4] [--repeat 2] [--rows 0]
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nerfbs.export.avatar import load_avatar  # noqa: E402
 from nerfbs.render import rays as rays_module  # noqa: E402
 from nerfbs.render.image import render_images  # noqa: E402
+from taichi_kernels import hash_grid  # noqa: E402
 
 
 def sync() -> None:
@@ -33,6 +35,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25, help="rows of the profiler's table (0: no profile)")
     parser.add_argument("--per-round", default="", help="also time these first-round sample counts, each N or N:CAP "
                                                          "(CAP: the most a round grows to), e.g. 16,32,8:32")
+    parser.add_argument("--lookup", default="", help="also time the inference lookup with these features per thread, "
+                                                     "e.g. 1,2,4")
+    parser.add_argument("--repeat", type=int, default=1, help="time the whole list of variants this many times")
     parser.add_argument("--batch", type=int, default=1, help="frames per render call")
     args = parser.parse_args()
     avatar = load_avatar(args.checkpoint, subject_dir=args.subject)
@@ -48,10 +53,14 @@ def main() -> None:
                                background, stats=stats, samples_per_round=per_round)
         images.rgb.clamp(0, 1).mul(255).to(torch.uint8).cpu()
 
-    for spec in [None] + [n for n in args.per_round.split(",") if n]:
-        per_round, _, cap = (spec or "").partition(":")
-        per_round = int(per_round) if per_round else None
-        rays_module.MAX_SAMPLES_PER_ROUND = int(cap) if cap else default_cap
+    default_group = hash_grid.LOOKUP_FEATURES_PER_THREAD
+    variants = [(None, default_cap, default_group)]  # (first round, growth cap, features per lookup thread)
+    for spec in filter(None, args.per_round.split(",")):
+        per_round, _, cap = spec.partition(":")
+        variants.append((int(per_round), int(cap) if cap else default_cap, default_group))
+    variants += [(None, default_cap, int(g)) for g in filter(None, args.lookup.split(","))]
+    for per_round, cap, group in variants * args.repeat:
+        rays_module.MAX_SAMPLES_PER_ROUND, hash_grid.LOOKUP_FEATURES_PER_THREAD = cap, group
         for f in calls[:3]:
             one(f, per_round=per_round)
         sync()
@@ -66,11 +75,11 @@ def main() -> None:
         sync()
         n = len(test)
         ms = 1e3 * (time.perf_counter() - start) / n
-        print(f"{ms:.1f} ms per frame ({args.batch} per call), {rounds / len(calls):.1f} rounds per call, "
+        print(f"{ms:.2f} ms per frame ({args.batch} per call), {rounds / len(calls):.1f} rounds per call, "
               f"{samples / n / 1e6:.2f} M samples per frame, {kernel_ms / n:.1f} ms per frame from round launches to "
-              f"counters (first round: {per_round or 'default'} samples per ray, rounds up to "
-              f"{rays_module.MAX_SAMPLES_PER_ROUND})")
-    rays_module.MAX_SAMPLES_PER_ROUND = default_cap
+              f"counters (first round: {per_round or 'default'} samples per ray, rounds up to {cap}; lookup: {group} "
+              f"features per thread)")
+    rays_module.MAX_SAMPLES_PER_ROUND, hash_grid.LOOKUP_FEATURES_PER_THREAD = default_cap, default_group
     if args.rows == 0:
         return
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]

@@ -20,6 +20,7 @@ along a ray share coarse cells) into one atomic. Kernels come from cached factor
 compile-time constants.
 """
 import functools
+import math
 
 import taichi as ti
 import torch
@@ -33,6 +34,9 @@ _PRIMES = (1, 2654435761, 805459861)
 _TI_REAL = {torch.float32: ti.f32, torch.float64: ti.f64}
 _BLOCK_DIM = 128
 _WARP = 32
+# Features of a point gathered per thread by ``lookup_blended`` (the inference lookup; the training forward gathers
+# one per thread): 1 hashes each corner once per feature, C once per point.
+LOOKUP_FEATURES_PER_THREAD = 1
 _FULL_MASK = 0xFFFFFFFF  # all 32 lanes
 
 
@@ -91,7 +95,9 @@ def _kernels(grid: GridConfig, dtype: torch.dtype, arch: str, warp_merge: bool, 
         inside = (x >= 0).all() and (x <= 1).all()
         return ti.select(inside, x, ti.Vector.zero(real, 3)), inside
 
-    def make_forward(store):
+    def make_forward(store, group: int):
+        """The forward with ``group`` of a point's C features per thread (1: one thread per feature, adjacent
+        threads reading a row's adjacent values; C: one thread per point, its corners hashed once)."""
         @fast
         @ti.kernel
         def forward(
@@ -101,24 +107,27 @@ def _kernels(grid: GridConfig, dtype: torch.dtype, arch: str, warp_merge: bool, 
             out: ti.types.ndarray(dtype=store, ndim=2),  # [N, L * C] features (written)
         ):
             ti.loop_config(block_dim=_BLOCK_DIM)
-            for i in range(points.shape[0] * channels):
-                n, c = i // channels, i % channels
+            for i in range(points.shape[0] * (channels // group)):
+                n, c0 = i // (channels // group), i % (channels // group) * group
                 x, inside = load_point(points, n)
                 f = frame_index[n]
                 for l in ti.static(range(len(levels))):
                     scale, stride, size, offset, dense = ti.static(levels[l])
-                    acc = real(0.0)
+                    acc = ti.Vector.zero(real, group)
                     if inside:
                         frac, terms = corner_terms(x, scale, stride, dense)
                         for bits in ti.static(range(8)):
                             bx, by, bz = ti.static(bits & 1, (bits >> 1) & 1, bits >> 2)
                             w, _ = corner_weight(frac, bx, by, bz)
-                            acc += w * ti.cast(blended[f, corner_row(terms, bx, by, bz, size, offset, dense), c], real)
-                    out[n, l * channels + c] = ti.cast(acc, store)
+                            row = corner_row(terms, bx, by, bz, size, offset, dense)
+                            for g in ti.static(range(group)):
+                                acc[g] += w * ti.cast(blended[f, row, c0 + g], real)
+                    for g in ti.static(range(group)):
+                        out[n, l * channels + c0 + g] = ti.cast(acc[g], store)
 
         return forward
 
-    forward = make_forward(real)
+    forward = make_forward(real, 1)
 
     @ti.func
     def scatter(grad_blended: ti.template(), f, row, c, value, valid, lane):
@@ -201,7 +210,9 @@ def _kernels(grid: GridConfig, dtype: torch.dtype, arch: str, warp_merge: bool, 
                     for d in ti.static(range(3)):
                         ti.atomic_add(grad_points[n, d], dx[d])
 
-    return forward, backward, make_forward(ti.f16)
+    lookups = {(half, group): make_forward(ti.f16 if half else real, group)
+               for half in (False, True) for group in range(1, channels + 1) if channels % group == 0}
+    return forward, backward, lookups
 
 
 @functools.cache
@@ -332,10 +343,11 @@ def lookup_blended(points: torch.Tensor, frame_index: torch.Tensor, blended: tor
                          f"{frame_index.dtype}")
     for name, t in (("points", points), ("frame_index", frame_index), ("blended", blended)):
         runtime.check_device(name, t)
-    forward, _, forward_half = _kernels(grid, real, runtime.current_arch(), True, True)
+    lookups = _kernels(grid, real, runtime.current_arch(), True, True)[2]
     out = torch.empty(points.shape[0], grid.output_dim, dtype=blended.dtype, device=points.device)
     if points.shape[0] > 0:
-        kernel = forward_half if blended.dtype == torch.float16 else forward
+        group = math.gcd(LOOKUP_FEATURES_PER_THREAD, grid.features_per_level)
+        kernel = lookups[blended.dtype == torch.float16, group]
         kernel(points.contiguous(), frame_index.contiguous(), blended.contiguous(), out)
     return out
 

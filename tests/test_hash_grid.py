@@ -13,6 +13,9 @@ DENSE = GridConfig(num_bases=2, num_levels=2, features_per_level=2, base_resolut
 # Every level hashed.
 HASHED = GridConfig(num_bases=2, num_levels=2, features_per_level=3, base_resolution=8, finest_resolution=16, log2_table_size=5)
 # For the float64 gradcheck: one dense level (64 entries), one hashed level (64 entries).
+# Four features per level, as the default grid: the inference lookup can gather 1, 2 or 4 of them per thread.
+FOUR_FEATURES = GridConfig(num_bases=3, num_levels=3, features_per_level=4, base_resolution=5, finest_resolution=20,
+                           log2_table_size=8)
 TINY = GridConfig(num_bases=2, num_levels=2, features_per_level=2, base_resolution=3, finest_resolution=6, log2_table_size=6)
 
 
@@ -63,22 +66,25 @@ def test_inference_under_float16_autocast_gives_float16_features_close_to_the_tw
         assert hash_grid.blended_hash_encode(points, frame_index, coeffs, tables.requires_grad_(), MIXED).dtype == torch.float32
 
 
+@pytest.mark.parametrize("grid,per_thread", [(MIXED, 1), (MIXED, 2), (FOUR_FEATURES, 1), (FOUR_FEATURES, 2),
+                                             (FOUR_FEATURES, 4)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
-def test_lookup_in_tables_blended_once_matches_the_twin(dtype):
-    points, frame_index, coeffs, tables = make_inputs(MIXED, 400, frames=3, dtype=torch.float64)
+def test_lookup_in_tables_blended_once_matches_the_twin(dtype, grid, per_thread, monkeypatch):
+    monkeypatch.setattr(hash_grid, "LOOKUP_FEATURES_PER_THREAD", per_thread)  # the inference lookup's thread layouts
+    points, frame_index, coeffs, tables = make_inputs(grid, 400, frames=3, dtype=torch.float64)
     points[0] = torch.tensor([1.5, 0.5, 0.5], dtype=torch.float64)  # outside the box: zero features
-    want = reference.blended_hash_encode(points, frame_index, coeffs, tables, MIXED)
+    want = reference.blended_hash_encode(points, frame_index, coeffs, tables, grid)
     real = torch.float64 if dtype == torch.float64 else torch.float32
     blended = hash_grid.blend_tables(coeffs.to(real), tables.to(real), dtype)
-    out = hash_grid.lookup_blended(points.to(real), frame_index, blended, MIXED)
-    assert blended.shape == (3, MIXED.table_entries, MIXED.features_per_level) and out.dtype == dtype
+    out = hash_grid.lookup_blended(points.to(real), frame_index, blended, grid)
+    assert blended.shape == (3, grid.table_entries, grid.features_per_level) and out.dtype == dtype
     tolerance = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
     assert (out.double() - want).abs().max() <= tolerance * want.abs().max()
     assert (out[0] == 0).all() and want.abs().max() > 0
     with pytest.raises(ValueError, match="points must be"):
-        hash_grid.lookup_blended(points.to(real).half(), frame_index, blended, MIXED)
+        hash_grid.lookup_blended(points.to(real).half(), frame_index, blended, grid)
     with pytest.raises(ValueError, match="blended must be"):
-        hash_grid.lookup_blended(points.to(real), frame_index, blended[:, :-1], MIXED)
+        hash_grid.lookup_blended(points.to(real), frame_index, blended[:, :-1], grid)
 
 
 def test_one_thread_per_sample_backward_variant_matches_twin():
