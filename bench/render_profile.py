@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nerfbs.export.avatar import load_avatar  # noqa: E402
 from nerfbs.render import rays as rays_module  # noqa: E402
 from nerfbs.render.image import render_images  # noqa: E402
-from taichi_kernels import hash_grid  # noqa: E402
+from taichi_kernels import hash_grid, runtime  # noqa: E402
 
 
 def sync() -> None:
@@ -53,14 +53,15 @@ def main() -> None:
                                background, stats=stats, samples_per_round=per_round)
         images.rgb.clamp(0, 1).mul(255).to(torch.uint8).cpu()
 
-    default_group = hash_grid.LOOKUP_FEATURES_PER_THREAD
+    arch, lookup = runtime.ensure_initialized(), hash_grid.LOOKUP_FEATURES_PER_THREAD
+    default_group = lookup.get(arch, avatar.config.model.grid.features_per_level)
     variants = [(None, default_cap, default_group)]  # (first round, growth cap, features per lookup thread)
     for spec in filter(None, args.per_round.split(",")):
         per_round, _, cap = spec.partition(":")
         variants.append((int(per_round), int(cap) if cap else default_cap, default_group))
     variants += [(None, default_cap, int(g)) for g in filter(None, args.lookup.split(","))]
     for per_round, cap, group in variants * args.repeat:
-        rays_module.MAX_SAMPLES_PER_ROUND, hash_grid.LOOKUP_FEATURES_PER_THREAD = cap, group
+        rays_module.MAX_SAMPLES_PER_ROUND, lookup[arch] = cap, group
         for f in calls[:3]:
             one(f, per_round=per_round)
         sync()
@@ -79,7 +80,7 @@ def main() -> None:
               f"{samples / n / 1e6:.2f} M samples per frame, {kernel_ms / n:.1f} ms per frame from round launches to "
               f"counters (first round: {per_round or 'default'} samples per ray, rounds up to {cap}; lookup: {group} "
               f"features per thread)")
-    rays_module.MAX_SAMPLES_PER_ROUND, hash_grid.LOOKUP_FEATURES_PER_THREAD = default_cap, default_group
+    rays_module.MAX_SAMPLES_PER_ROUND, lookup[arch] = default_cap, default_group
     if args.rows == 0:
         return
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]

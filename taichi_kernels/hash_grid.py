@@ -35,8 +35,10 @@ _TI_REAL = {torch.float32: ti.f32, torch.float64: ti.f64}
 _BLOCK_DIM = 128
 _WARP = 32
 # Features of a point gathered per thread by ``lookup_blended`` (the inference lookup; the training forward gathers
-# one per thread): 1 hashes each corner once per feature, C once per point.
-LOOKUP_FEATURES_PER_THREAD = 1
+# one per thread), per backend: 1 hashes each corner once per feature, a point's C features once per point. Backends
+# not named gather all C: on the CPU whole renders took 10 % less time than with 1 (docs/PERF.md, session 13); CUDA
+# keeps the layout its figures were measured with until 2 and 4 are timed there (``bench/render_profile.py --lookup``).
+LOOKUP_FEATURES_PER_THREAD = {"cuda": 1}
 _FULL_MASK = 0xFFFFFFFF  # all 32 lanes
 
 
@@ -346,7 +348,8 @@ def lookup_blended(points: torch.Tensor, frame_index: torch.Tensor, blended: tor
     lookups = _kernels(grid, real, runtime.current_arch(), True, True)[2]
     out = torch.empty(points.shape[0], grid.output_dim, dtype=blended.dtype, device=points.device)
     if points.shape[0] > 0:
-        group = math.gcd(LOOKUP_FEATURES_PER_THREAD, grid.features_per_level)
+        channels = grid.features_per_level
+        group = math.gcd(LOOKUP_FEATURES_PER_THREAD.get(runtime.current_arch(), channels), channels)
         kernel = lookups[blended.dtype == torch.float16, group]
         kernel(points.contiguous(), frame_index.contiguous(), blended.contiguous(), out)
     return out

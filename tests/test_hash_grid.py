@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from taichi_kernels import hash_grid
+from taichi_kernels import hash_grid, runtime
 from taichi_kernels.grid_layout import GridConfig
 from taichi_kernels.reference import hash_grid as reference
 
@@ -70,7 +70,8 @@ def test_inference_under_float16_autocast_gives_float16_features_close_to_the_tw
                                              (FOUR_FEATURES, 4)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
 def test_lookup_in_tables_blended_once_matches_the_twin(dtype, grid, per_thread, monkeypatch):
-    monkeypatch.setattr(hash_grid, "LOOKUP_FEATURES_PER_THREAD", per_thread)  # the inference lookup's thread layouts
+    # the inference lookup's thread layouts
+    monkeypatch.setitem(hash_grid.LOOKUP_FEATURES_PER_THREAD, runtime.ensure_initialized(), per_thread)
     points, frame_index, coeffs, tables = make_inputs(grid, 400, frames=3, dtype=torch.float64)
     points[0] = torch.tensor([1.5, 0.5, 0.5], dtype=torch.float64)  # outside the box: zero features
     want = reference.blended_hash_encode(points, frame_index, coeffs, tables, grid)
