@@ -138,18 +138,26 @@ def run(args) -> None:
               "occupied_share": float(np.mean([r["occupancy"] for r in tail])),
               "history": [{k: r[k] for k in ("step", "samples_per_ray", "occupancy") if k in r} for r in rows[::10]]}
     report["grid_density"] = grid_density_figures(model.grid)
+    report["checkpoint"] = str(ws.latest)
+    report["render_frames"] = args.render_frames
+    report["repeats"] = args.repeats
+    report["held_out"] = None
+    _write_report(Path(args.out), report)  # the training figures, kept if the scoring below is cut short
     model.field.eval()
     report["held_out"] = {region: v for region, v in score_held_out(model).items()}
     if args.score_train:
         report["train_frames"] = score_training_frames(model, args.score_train)
-    report["checkpoint"] = str(ws.latest)
-    report["render_frames"] = args.render_frames
-    report["repeats"] = args.repeats
     if args.render:
         frames = [int(i) for i in model.subject.test_indices][: args.render_frames or None]
         report["render"] = render_figures(model, frames, args.repeats)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    _write_report(Path(args.out), report)
     print_table([report])
+
+
+def _write_report(path: Path, report: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=1))
+    partial.replace(path)
 
 
 def grid_density_figures(grid) -> dict:
@@ -181,7 +189,7 @@ def render_checkpoint(args) -> None:
     avatar.field.eval()
     frames = [int(i) for i in avatar.subject.test_indices][: report.get("render_frames") or None]
     report["render"] = render_figures(avatar, frames, report.get("repeats", 1))
-    Path(args.report).write_text(json.dumps(report, indent=1))
+    _write_report(Path(args.report), report)
     print_table([report])
 
 

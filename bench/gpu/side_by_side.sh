@@ -34,13 +34,18 @@ for spec in $RUNS; do
 done
 RENDER=${RENDER:-${names[*]}}
 reserve=$(( RENDER_RESERVE * $(wc -w <<< "$RENDER") + EVAL_RESERVE * $(wc -w <<< "$EVAL") + 10 ))
+# A run needs about 70 s beyond its minutes before it can be scored (Taichi's first compile: 48-60 s on a fresh H100,
+# session 13) and 15-30 s to score; runs still going at BUDGET - reserve are stopped, keeping their training figures.
+echo "trainings stopped at $(( ${BUDGET:-585} - reserve )) s if not done; $MINUTES-minute runs need about" \
+    "$(awk "BEGIN { print int($MINUTES * 60 + 100) }") s"
 alive() { for p in "${pids[@]}"; do kill -0 $p 2>/dev/null && return 0; done; return 1; }
 while alive && [ $(left) -gt $reserve ]; do sleep 2; done
 for p in "${pids[@]}"; do kill $p 2>/dev/null; done; wait
 echo "trained $(( $(date +%s) - T0 )) s"
 for name in "${names[@]}"; do
     cp /tmp/ws/$name/metrics.jsonl $R/$name.metrics.jsonl 2>/dev/null
-    [ -f $R/$name.json ] || { echo "$name: no scores"; grep -v "^\[" $R/$name.log | tail -3; }
+    [ -f $R/$name.json ] || { echo "$name: no report"; grep -v "^\[" $R/$name.log | tail -3; continue; }
+    grep -q '"held_out": null' $R/$name.json && echo "$name: stopped before its held-out frames were scored"
 done
 for name in $RENDER; do
     [ -f $R/$name.json ] && [ $(left) -gt 10 ] && timeout $(cap $RENDER_RESERVE) python3 bench/empty_space.py render $R/$name.json \
