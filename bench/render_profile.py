@@ -8,6 +8,7 @@ operations by device time and the inference loop's figures.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,8 @@ def main() -> None:
         images.rgb.clamp(0, 1).mul(255).to(torch.uint8).cpu()
 
     arch, lookup = runtime.ensure_initialized(), hash_grid.LOOKUP_FEATURES_PER_THREAD
-    default_group = lookup.get(arch, avatar.config.model.grid.features_per_level)
+    channels = avatar.config.model.grid.features_per_level
+    default_group = lookup.get(arch, channels)
     variants = [(None, default_cap, default_group)]  # (first round, growth cap, features per lookup thread)
     for spec in filter(None, args.per_round.split(",")):
         per_round, _, cap = spec.partition(":")
@@ -78,8 +80,8 @@ def main() -> None:
         ms = 1e3 * (time.perf_counter() - start) / n
         print(f"{ms:.2f} ms per frame ({args.batch} per call), {rounds / len(calls):.1f} rounds per call, "
               f"{samples / n / 1e6:.2f} M samples per frame, {kernel_ms / n:.1f} ms per frame from round launches to "
-              f"counters (first round: {per_round or 'default'} samples per ray, rounds up to {cap}; lookup: {group} "
-              f"features per thread)")
+              f"counters (first round: {per_round or 'default'} samples per ray, rounds up to {cap}; lookup: "
+              f"{math.gcd(group, channels)} features per thread)")
     rays_module.MAX_SAMPLES_PER_ROUND, lookup[arch] = default_cap, default_group
     if args.rows == 0:
         return

@@ -9,7 +9,8 @@ K (47) this reads each table once instead of K times per sample. The backward mi
 scatter-adds the output gradient into ``grad_blended[F, P, C]``, then two matrix products give
 ``grad_tables = coeffs^T @ grad_blended`` and ``grad_coeffs = grad_blended . tables``.
 
-The forward runs one thread per (sample, feature), the backward one per (sample, x side of the
+The forward runs one thread per (sample, feature) (the inference lookup, ``lookup_blended``, can gather
+several of a sample's features per thread: ``LOOKUP_FEATURES_PER_THREAD``), the backward one per (sample, x side of the
 cell, feature), with levels and corners unrolled (``ti.static``): neighbouring threads touch the C
 adjacent floats of a table row together, so a warp's loads and atomics land on a few 32-byte
 sectors instead of 32 scattered words (on the H100 the scatter-add got about 3.5x faster than one

@@ -12,10 +12,10 @@ MIXED = GridConfig(num_bases=3, num_levels=3, features_per_level=2, base_resolut
 DENSE = GridConfig(num_bases=2, num_levels=2, features_per_level=2, base_resolution=4, finest_resolution=8, log2_table_size=12)
 # Every level hashed.
 HASHED = GridConfig(num_bases=2, num_levels=2, features_per_level=3, base_resolution=8, finest_resolution=16, log2_table_size=5)
-# For the float64 gradcheck: one dense level (64 entries), one hashed level (64 entries).
 # Four features per level, as the default grid: the inference lookup can gather 1, 2 or 4 of them per thread.
 FOUR_FEATURES = GridConfig(num_bases=3, num_levels=3, features_per_level=4, base_resolution=5, finest_resolution=20,
                            log2_table_size=8)
+# For the float64 gradcheck: one dense level (64 entries), one hashed level (64 entries).
 TINY = GridConfig(num_bases=2, num_levels=2, features_per_level=2, base_resolution=3, finest_resolution=6, log2_table_size=6)
 
 

@@ -276,7 +276,8 @@ def test_inference_loop_equals_training_path_without_jitter():
 
 def test_inference_loop_retires_rays_that_find_no_sample_in_the_round_they_march():
     # A ray whose march leaves the box without a sample is not carried into another round: with nothing occupied
-    # the first launch ends the loop, and with a small sphere the rays that miss it take no work slot.
+    # the first launch ends the loop; with a small sphere, the rays that miss it and those that hit it render as
+    # the twin's.
     origins, directions = _image_rays(12)
     frames = torch.zeros(origins.shape[0], dtype=torch.int32)
     background = torch.rand(origins.shape[0], 3, generator=torch.Generator().manual_seed(2))
