@@ -50,13 +50,21 @@ def viewer(jaw_avatar):
         yield running
 
 
-def _shown(viewer, client: ViserTestClient, sent_before: int, changed=lambda: True, timeout: float = 60.0) -> np.ndarray:
+def _shown(viewer, client: ViserTestClient, sent_before: int, changed=lambda: True, timeout: float = 60.0,
+           quiet: float = 0.5) -> np.ndarray:
     """The last image once the viewer has taken a change (``changed()``), shown it at full resolution, and the
-    client has received every frame sent since ``sent_before`` (the loop's frame count when it connected)."""
+    client has received the frames sent since ``sent_before`` (the loop's frame count when it connected): every one
+    of them, or, since viser's message buffer keeps only the newest of the background images queued before a flush,
+    fewer, with neither a frame sent nor an image received for ``quiet`` seconds."""
     deadline = time.monotonic() + timeout
+    seen, since = None, time.monotonic()
     while time.monotonic() < deadline:
-        if changed() and viewer.state.idle() and len(client.images) == viewer.loop.stats().frames - sent_before:
-            return client.images[-1]
+        counts = (viewer.loop.stats().frames - sent_before, len(client.images))
+        if counts != seen:
+            seen, since = counts, time.monotonic()
+        if changed() and viewer.state.idle() and 0 < counts[1] <= counts[0]:
+            if counts[1] == counts[0] or time.monotonic() - since > quiet:
+                return client.images[-1]
         time.sleep(0.02)
     raise TimeoutError(f"the viewer did not settle ({len(client.images)} images, {viewer.loop.stats()})")
 
