@@ -130,7 +130,10 @@ def _kernels(grid: GridConfig, dtype: torch.dtype, arch: str, warp_merge: bool, 
 
         return forward
 
-    forward = make_forward(real, 1)
+    # The inference lookup's layouts; one feature per thread in the real type is the training forward itself.
+    lookups = {(half, group): make_forward(ti.f16 if half else real, group)
+               for half in (False, True) for group in range(1, channels + 1) if channels % group == 0}
+    forward = lookups[False, 1]
 
     @ti.func
     def scatter(grad_blended: ti.template(), f, row, c, value, valid, lane):
@@ -213,8 +216,6 @@ def _kernels(grid: GridConfig, dtype: torch.dtype, arch: str, warp_merge: bool, 
                     for d in ti.static(range(3)):
                         ti.atomic_add(grad_points[n, d], dx[d])
 
-    lookups = {(half, group): make_forward(ti.f16 if half else real, group)
-               for half in (False, True) for group in range(1, channels + 1) if channels % group == 0}
     return forward, backward, lookups
 
 
