@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from nerfbs.config import ModelConfig
 from taichi_kernels.color_input import color_input, write_harmonics
 from taichi_kernels.hash_grid import BlendedHashGrid, blend_tables, lookup_blended
+from taichi_kernels.samples import FieldLogits
 
 
 class MLP(nn.Sequential):
@@ -163,13 +164,19 @@ class FrozenField:
     def __call__(self, points: torch.Tensor, directions: torch.Tensor,
                  frame_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigma [N], rgb [N, 3]), as ``BlendShapeField.forward`` with the frozen expressions."""
+        return self.logits(points, directions, frame_index).activated()
+
+    @torch.no_grad()
+    def logits(self, points: torch.Tensor, directions: torch.Tensor, frame_index: torch.Tensor) -> FieldLogits:
+        """The same before the activations, in the blended tables' type: the inference loop activates as it
+        composites (``taichi_kernels.samples.FieldLogits``)."""
         encoded = self._encode(points, frame_index)
         row = torch.empty(points.shape[0], self.sh_columns + self.density_net.width, dtype=self.blended.dtype,
                           device=points.device)
         write_harmonics(directions, row, self.degree, self.sh_columns)
         self.density_net(encoded, out=row[:, self.sh_columns:])
-        rgb = torch.sigmoid(self.color_net(row[:, :self.sh_columns + self.features])[:, :3].float())
-        return F.softplus(row[:, self.sh_columns + self.features].float()), rgb
+        colour = self.color_net(row[:, :self.sh_columns + self.features])
+        return FieldLogits(row, self.sh_columns + self.features, colour)
 
     def _encode(self, points: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
         return lookup_blended(self.field._unit(points), frame_index, self.blended, self.field.config.grid)

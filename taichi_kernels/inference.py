@@ -1,9 +1,10 @@
 """The inference renderer: the alive-ray loop that marches, evaluates the field and composites whole
 images without autograd.
 
-Each round one fused kernel composites every alive ray's previous samples, retires the rays that are done
-and marches the rest a few samples further (with ``taichi_kernels.march``'s step function, so it places
-the samples that training marching places without jitter). The new samples are written compacted, each
+Each round one fused kernel composites every alive ray's previous samples (applying the field's activations
+itself when the field gives ``FieldLogits``), retires the rays that are done and marches the rest a few samples
+further (with ``taichi_kernels.march``'s step function, so it places the samples that training marching places
+without jitter). The new samples are written compacted, each
 ray's contiguous, so the field (called between rounds) sees exactly the live samples; the kernel's two
 counters (rays still alive, samples written) are read in one host sync per round.
 """
@@ -18,16 +19,43 @@ from taichi_kernels.composite import weight_and_transmittance
 from taichi_kernels.launch import fast
 from taichi_kernels.march import check_grid, check_rays, grid_stepper, ray_box_interval
 from taichi_kernels.occupancy import OccupancyGrid
-from taichi_kernels.samples import FieldFn, MarchParams
+from taichi_kernels.samples import FieldFn, FieldLogits, MarchParams
+
+
+@ti.func
+def softplus(x):
+    """log(1 + e^x) in float32, as torch's softplus (x above 20 passes through); below about -15, where 1 + e^x
+    rounds to 1, it gives 0 instead of e^x, a density no composite can see."""
+    x = ti.cast(x, ti.f32)
+    y = ti.log(1.0 + ti.exp(ti.min(x, 20.0)))
+    if x > 20.0:
+        y = x
+    return y
+
+
+@ti.func
+def sigmoid(x):
+    return 1.0 / (1.0 + ti.exp(-ti.cast(x, ti.f32)))
 
 
 @functools.cache
-def _kernels(res: int, params: MarchParams):
-    """The round kernels (the first intersects the box, later ones composite) with the grid resolution and
-    ``params`` compiled in: constants instead of scalar arguments, since each argument costs host time."""
+def _kernels(res: int, params: MarchParams, density_column: int = 0, activate: bool = False):
+    """The round kernels (the first intersects the box, later ones composite) with the grid resolution,
+    ``params`` and the field outputs' layout compiled in (constants instead of scalar arguments, since each
+    argument costs host time): the density in column ``density_column`` of its rows, the colour in the first three
+    columns of its own, both activated here when ``activate`` (``FieldLogits``) and read as they are otherwise."""
     bound, near_min = float(params.bound), float(params.near_min)
     max_steps, early_stop = int(params.max_steps_per_ray), float(params.early_stop)
     next_sample = grid_stepper(res, params)
+
+    @ti.func
+    def field_output(field_density: ti.template(), field_colour: ti.template(), i):
+        """[sigma, r, g, b] float32 of compact sample i."""
+        out = ti.Vector([ti.cast(field_density[i, density_column], ti.f32), ti.cast(field_colour[i, 0], ti.f32),
+                         ti.cast(field_colour[i, 1], ti.f32), ti.cast(field_colour[i, 2], ti.f32)])
+        if ti.static(activate):
+            out = ti.Vector([softplus(out[0]), sigmoid(out[1]), sigmoid(out[2]), sigmoid(out[3])])
+        return out
 
     def make_round(first: bool):
         @fast
@@ -39,8 +67,8 @@ def _kernels(res: int, params: MarchParams):
             bitfield: ti.types.ndarray(dtype=ti.u8, ndim=1),  # [res^3 / 8] uint8
             density: ti.types.ndarray(dtype=ti.f32, ndim=1),  # [res^3] float32, the grid's cell densities
             work_in: ti.types.ndarray(dtype=ti.i32, ndim=2),  # [A, 4] ray, first sample, samples, march finished
-            sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),  # [S_in] last round's field output, compact
-            rgbs: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [S_in, 3]
+            field_density: ti.types.ndarray(ndim=2),  # [S_in, W] last round's field output, compact: density rows
+            field_colour: ti.types.ndarray(ndim=2),  # [S_in, >= 3] colour rows
             t_dt_in: ti.types.ndarray(dtype=ti.f32, ndim=2),  # [S_in, 2] last round's samples, compact
             counter: ti.types.ndarray(dtype=ti.i32, ndim=1),  # [2] zero on entry: rays alive, samples written
             work_out: ti.types.ndarray(dtype=ti.i32, ndim=2),  # [A, 4] written for the first counter[0] rows
@@ -70,8 +98,9 @@ def _kernels(res: int, params: MarchParams):
                     base_in = work_in[a, 1]
                     for j in range(work_in[a, 2]):
                         i = base_in + j
-                        wt = weight_and_transmittance(T, sigmas[i], t_dt_in[i, 1])
-                        total += wt[0] * ti.Vector([rgbs[i, 0], rgbs[i, 1], rgbs[i, 2], 1.0, t_dt_in[i, 0]])
+                        out = field_output(field_density, field_colour, i)
+                        wt = weight_and_transmittance(T, out[0], t_dt_in[i, 1])
+                        total += wt[0] * ti.Vector([out[1], out[2], out[3], 1.0, t_dt_in[i, 0]])
                         T = wt[1]
                         if T < early_stop:
                             done = 1
@@ -136,7 +165,8 @@ def render_rays_inference(origins: torch.Tensor, directions: torch.Tensor, ray_f
     instead of compositing), written compacted. ``n`` starts at ``samples_per_round`` and grows as rays
     retire, keeping the batch near ``rays that hit * samples_per_round``, capped at
     ``max_samples_per_round``. Between launches ``field_fn(positions [S, 3], directions [S, 3],
-    frame_index [S] int32) -> (sigma [S], rgb [S, 3])`` is called once on the round's S live samples.
+    frame_index [S] int32) -> (sigma [S], rgb [S, 3])`` is called once on the round's S live samples; it may
+    return ``FieldLogits`` instead, whose activations the next round's kernel applies as it reads them.
     Host syncs: one per launch (reading both counters at once), i.e. rounds + 1. Gives the same result as
     ``march_rays_train(jitter=False)`` followed by ``composite``. ``stats``, if given, receives rounds,
     host_syncs, samples (the field's batch sizes summed), ray_samples ([R] int32, samples marched per ray)
@@ -172,7 +202,7 @@ def render_rays_inference(origins: torch.Tensor, directions: torch.Tensor, ray_f
 def _render_loop(origins, directions, field_fn, grid, params, acc, ray_ints, per_round, max_per_round, run):
     device = origins.device
     rays = origins.shape[0]
-    kernels = _kernels(grid.resolution, params)
+    kernel = _kernels(grid.resolution, params)["first_round"]
     state = torch.cat((origins, directions, torch.zeros(rays, 2, device=device)), dim=1)
     zeros = torch.zeros(rays, dtype=torch.int32, device=device)
     work = [torch.stack((torch.arange(rays, dtype=torch.int32, device=device), zeros, zeros, zeros), dim=1),
@@ -185,14 +215,15 @@ def _render_loop(origins, directions, field_fn, grid, params, acc, ray_ints, per
     t_dt = [torch.empty(0, 2, dtype=torch.float32, device=device), torch.empty(capacity, 2, dtype=torch.float32, device=device)]
     # One pair of counters per launch, zeroed once: a ray that survives a round marched n >= per_round samples.
     counters = torch.zeros(params.max_steps_per_ray // per_round + 3, 2, dtype=torch.int32, device=device)
-    sigma = torch.empty(0, dtype=torch.float32, device=device)
-    rgb = torch.empty(0, 3, dtype=torch.float32, device=device)
-    alive, n, first_alive, kernel = rays, per_round, 0, kernels["first_round"]
+    field_density = torch.empty(0, 1, dtype=torch.float32, device=device)
+    field_colour = torch.empty(0, 3, dtype=torch.float32, device=device)
+    alive, n, first_alive, layout = rays, per_round, 0, (0, False)  # layout: density column, activate
     for k in range(counters.shape[0]):
         slots = alive * n
         started = time.perf_counter()
-        kernel(state, acc, ray_ints, grid.bitfield, grid.density, work[0][:alive], sigma, rgb, t_dt[0], counters[k],
-               work[1][:alive], scratch[:slots], positions[:slots], sample_dirs[:slots], frames[:slots], t_dt[1][:slots])
+        kernel(state, acc, ray_ints, grid.bitfield, grid.density, work[0][:alive], field_density, field_colour,
+               t_dt[0], counters[k], work[1][:alive], scratch[:slots], positions[:slots], sample_dirs[:slots],
+               frames[:slots], t_dt[1][:slots])
         alive, live = counters[k].tolist()  # the round's host sync
         run["round_kernel_ms"] += (time.perf_counter() - started) * 1000
         run["host_syncs"] += 1
@@ -200,15 +231,20 @@ def _render_loop(origins, directions, field_fn, grid, params, acc, ray_ints, per
             return
         first_alive = first_alive or alive
         if live:
-            s, c = field_fn(positions[:live], sample_dirs[:live], frames[:live])
-            sigma, rgb = s.reshape(-1).float(), c.float()
+            out = field_fn(positions[:live], sample_dirs[:live], frames[:live])
+            if isinstance(out, FieldLogits):
+                field_density, field_colour = out.density_rows.contiguous(), out.colour_rows.contiguous()
+                layout = (out.density_column, True)
+            else:
+                field_density, field_colour = out[0].reshape(-1, 1).float(), out[1].float().contiguous()
+                layout = (0, False)
         else:
-            sigma, rgb = sigma[:0], rgb[:0]
+            field_density, field_colour = field_density[:0], field_colour[:0]
         work.reverse()
         t_dt.reverse()
         t_dt[1] = t_dt[1] if t_dt[1].shape[0] else torch.empty(capacity, 2, dtype=torch.float32, device=device)
         run["rounds"] += 1
         run["samples"] += live
         n = min(max_per_round, max(per_round, first_alive * per_round // alive))
-        kernel = kernels["round"]
+        kernel = _kernels(grid.resolution, params, *layout)["round"]
     raise RuntimeError("inference loop exceeded its round bound: rays kept marching past max_steps_per_ray")

@@ -7,8 +7,27 @@ from typing import Any, Callable
 
 import torch
 
-FieldFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""``field_fn(positions [S, 3], directions [S, 3], frame_index [S] int32) -> (sigma [S], rgb [S, 3])``."""
+
+@dataclass(frozen=True)
+class FieldLogits:
+    """A field's outputs before their activations, for the inference loop, whose round kernel applies them as it
+    composites (no pass over every sample to convert and activate them first): density
+    ``softplus(density_rows[:, density_column])`` and colour ``sigmoid(colour_rows[:, :3])``. The rows may be
+    wider than what is read (the frozen field's padded outputs) and of any float type (float16 on the GPU)."""
+
+    density_rows: torch.Tensor  # [S, W]
+    density_column: int
+    colour_rows: torch.Tensor  # [S, >= 3]
+
+    def activated(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma [S], rgb [S, 3]) float32: the activations in torch."""
+        sigma = torch.nn.functional.softplus(self.density_rows[:, self.density_column].float())
+        return sigma, torch.sigmoid(self.colour_rows[:, :3].float())
+
+
+FieldFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | FieldLogits]
+"""``field_fn(positions [S, 3], directions [S, 3], frame_index [S] int32) -> (sigma [S], rgb [S, 3])``, or the
+same as ``FieldLogits`` (the inference loop takes either)."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from taichi_kernels import inference, march
 from taichi_kernels.occupancy import OccupancyGrid
 from taichi_kernels.reference import inference as ref_inference
 from taichi_kernels.reference import march as ref
-from taichi_kernels.samples import MarchParams
+from taichi_kernels.samples import FieldLogits, MarchParams
 
 BOUND = 0.06
 
@@ -323,6 +323,53 @@ def test_inference_loop_matches_twin_for_any_round_size_and_step_cap(per_round, 
             assert torch.equal(marched, s.ray_counts)
         elif cap > 100 and per_round <= 16:  # a long round overshoots the early stop
             assert int(marched.sum()) < 0.8 * s.num_samples
+
+
+def _logit_field(dtype, column):
+    """A field giving ``FieldLogits``: density logits in column ``column`` of 6-wide rows (the other columns
+    hold values that would change the image if read) from softplus's pass-through (> 20) to densities too faint
+    to see (< -15); colour logits in the first 3 of 8 columns."""
+    def field(positions, directions, frame_index):
+        r = positions.norm(dim=1)
+        # 3020 at the centre, 20 at r = 0.03, -15 at r = 0.045, -35 at r = 0.0535
+        logit = torch.where(r < 0.03, 20.0 + 1e5 * (0.03 - r), 20.0 - 35.0 * (r - 0.03) / 0.015) + frame_index
+        rows = torch.full((r.shape[0], 6), 9.0)
+        rows[:, column] = logit
+        colour = torch.full((r.shape[0], 8), -7.0)
+        colour[:, :3] = positions * 300.0 + directions
+        return FieldLogits(rows.to(dtype), column, colour.to(dtype))
+    return field
+
+
+@pytest.mark.parametrize("dtype,column", [(torch.float32, 0), (torch.float32, 4), (torch.float16, 5)])
+def test_inference_loop_applies_the_activations_of_field_logits(dtype, column):
+    # The round kernel reads the density's column and the colour's first three columns, in any float type, and
+    # activates them as torch does: the same image as the loop given the activated outputs, and as the twin.
+    grid = _sphere_grid(0.05)
+    origins, directions = _image_rays(16, half_width=0.06)
+    frames = torch.arange(origins.shape[0], dtype=torch.int32) % 2
+    background = torch.rand(origins.shape[0], 3, generator=torch.Generator().manual_seed(4))
+    params = _params(early_stop=1e-3)
+    logits = _logit_field(dtype, column)
+    s = march.march_rays_train(origins, directions, grid, params, jitter=False)
+    out = logits(s.positions, s.directions, frames[s.ray_index.long()])
+    raw = out.density_rows[:, column].float()
+    assert (raw > 20).sum() > 10 and (raw < -15).sum() > 10 and ((raw > -15) & (raw < 20)).sum() > 10
+
+    def activated(positions, directions, frame_index):
+        return logits(positions, directions, frame_index).activated()
+
+    stats = {}
+    got = inference.render_rays_inference(origins, directions, frames, logits, grid, params, background,
+                                          samples_per_round=3, stats=stats)
+    want = inference.render_rays_inference(origins, directions, frames, activated, grid, params, background,
+                                           samples_per_round=3)
+    twin = ref_inference.render_rays_inference(origins, directions, frames, logits, grid, params, background)
+    assert stats["rounds"] > 2
+    assert (want[1] > 0.99).sum() > 20 and (want[1] < 0.5).sum() > 5  # rays that stop in the field and rays that pass
+    for name, a, b, c in zip(("rgb", "opacity", "depth"), got, want, twin):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+        torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-3, msg=name)
 
 
 def test_mismatched_grid_is_refused():

@@ -112,8 +112,9 @@ def render_rays(field: BlendShapeField, grid: OccupancyGrid, config: RenderConfi
     params = MarchParams.from_render_config(config)
     chunk = max(1, min(chunk, (1 << 24) // samples_per_round))
 
-    # Float16 on the GPU (the field's tables blended once, its MLPs' weights cast once, for every round).
-    field_fn = field.frozen(coeffs, torch.float16 if origins.device.type == "cuda" else torch.float32)
+    # Float16 on the GPU (the field's tables blended once, its MLPs' weights cast once, for every round); the
+    # round kernels apply the activations as they read the field's outputs.
+    field_fn = field.frozen(coeffs, torch.float16 if origins.device.type == "cuda" else torch.float32).logits
 
     outs, per_ray = [], []
     for start in range(0, origins.shape[0], chunk):

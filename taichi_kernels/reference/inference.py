@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 from taichi_kernels.reference.composite import composite
 from taichi_kernels.reference.march import march_rays_train
-from taichi_kernels.samples import FieldFn, MarchParams
+from taichi_kernels.samples import FieldFn, FieldLogits, MarchParams
 
 
 def render_rays_inference(origins: torch.Tensor, directions: torch.Tensor, ray_frame: torch.Tensor,
@@ -21,5 +21,6 @@ def render_rays_inference(origins: torch.Tensor, directions: torch.Tensor, ray_f
     """The twin renders in one pass (march everything, evaluate, composite); the round sizes do not matter."""
     s = march_rays_train(origins, directions, grid, params, jitter=False)
     with torch.no_grad():
-        sigma, rgb = field_fn(s.positions, s.directions, ray_frame[s.ray_index.long()])
+        out = field_fn(s.positions, s.directions, ray_frame[s.ray_index.long()])
+        sigma, rgb = out.activated() if isinstance(out, FieldLogits) else out
         return composite(sigma, rgb, s.t, s.dt, s.ray_offsets, s.ray_counts, background, early_stop=params.early_stop)
