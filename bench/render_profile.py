@@ -3,7 +3,7 @@ frame per call (the viewer's) or ``--batch`` frames per call (``nerfbs render``'
 operations by device time and the inference loop's figures.
 
     python3 bench/render_profile.py runs/me/checkpoints/latest.pth --subject subjects/me --frames 20 [--batch 8] \
-        [--per-round 16,8:32] [--lookup 1,2,4] [--repeat 2] [--rows 0]
+        [--per-round 16,8:32] [--lookup 1,2,4] [--torch-activations] [--repeat 2] [--rows 0]
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nerfbs.export.avatar import load_avatar  # noqa: E402
+from nerfbs.field import FrozenField  # noqa: E402
 from nerfbs.render import rays as rays_module  # noqa: E402
 from nerfbs.render.image import render_images  # noqa: E402
 from taichi_kernels import hash_grid, runtime  # noqa: E402
@@ -38,6 +39,9 @@ def main() -> None:
                                                          "(CAP: the most a round grows to), e.g. 16,32,8:32")
     parser.add_argument("--lookup", default="", help="also time the inference lookup with these features per thread, "
                                                      "e.g. 1,2,4")
+    parser.add_argument("--torch-activations", action="store_true",
+                        help="also time the field's activations in torch (the renderer before session 14), not in the "
+                             "round kernels")
     parser.add_argument("--repeat", type=int, default=1, help="time the whole list of variants this many times")
     parser.add_argument("--batch", type=int, default=1, help="frames per render call")
     args = parser.parse_args()
@@ -57,13 +61,19 @@ def main() -> None:
     arch, lookup = runtime.ensure_initialized(), hash_grid.LOOKUP_FEATURES_PER_THREAD
     channels = avatar.config.model.grid.features_per_level
     default_group = lookup.get(arch, channels)
-    variants = [(None, default_cap, default_group)]  # (first round, growth cap, features per lookup thread)
+    # (first round, growth cap, features per lookup thread, activations in torch)
+    variants = [(None, default_cap, default_group, False)]
     for spec in filter(None, args.per_round.split(",")):
         per_round, _, cap = spec.partition(":")
-        variants.append((int(per_round), int(cap) if cap else default_cap, default_group))
-    variants += [(None, default_cap, int(g)) for g in filter(None, args.lookup.split(","))]
-    for per_round, cap, group in variants * args.repeat:
+        variants.append((int(per_round), int(cap) if cap else default_cap, default_group, False))
+    variants += [(None, default_cap, int(g), False) for g in filter(None, args.lookup.split(","))]
+    variants += [(None, default_cap, default_group, True)] * args.torch_activations
+    logits = FrozenField.logits
+    for per_round, cap, group, torch_activations in variants * args.repeat:
         rays_module.MAX_SAMPLES_PER_ROUND, lookup[arch] = cap, group
+        # The renderer calls the frozen field's ``logits``; giving it activated outputs makes the round kernels read
+        # them as they are, as before session 14.
+        FrozenField.logits = (lambda self, *a: logits(self, *a).activated()) if torch_activations else logits
         for f in calls[:3]:
             one(f, per_round=per_round)
         sync()
@@ -81,8 +91,10 @@ def main() -> None:
         print(f"{ms:.2f} ms per frame ({args.batch} per call), {rounds / len(calls):.1f} rounds per call, "
               f"{samples / n / 1e6:.2f} M samples per frame, {kernel_ms / n:.1f} ms per frame from round launches to "
               f"counters (first round: {per_round or 'default'} samples per ray, rounds up to {cap}; lookup: "
-              f"{math.gcd(group, channels)} features per thread)")
+              f"{math.gcd(group, channels)} features per thread; activations in "
+              f"{'torch' if torch_activations else 'the round kernels'})")
     rays_module.MAX_SAMPLES_PER_ROUND, lookup[arch] = default_cap, default_group
+    FrozenField.logits = logits
     if args.rows == 0:
         return
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
