@@ -3,7 +3,7 @@ frame per call (the viewer's) or ``--batch`` frames per call (``nerfbs render``'
 operations by device time and the inference loop's figures.
 
     python3 bench/render_profile.py runs/me/checkpoints/latest.pth --subject subjects/me --frames 20 [--batch 8] \
-        [--per-round 16,8:32] [--lookup 1,2,4] [--torch-activations] [--repeat 2] [--rows 0]
+        [--per-round 16,8:32] [--lookup 1,2,4] [--torch-activations] [--product-columns 8] [--repeat 2] [--rows 0]
 """
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--torch-activations", action="store_true",
                         help="also time the field's activations in torch (the renderer before session 14), not in the "
                              "round kernels")
+    parser.add_argument("--product-columns", default="", help="also time the MLPs' last layers computed in products "
+                                                              "of these many output columns each, e.g. 8")
     parser.add_argument("--repeat", type=int, default=1, help="time the whole list of variants this many times")
     parser.add_argument("--batch", type=int, default=1, help="frames per render call")
     args = parser.parse_args()
@@ -61,16 +63,18 @@ def main() -> None:
     arch, lookup = runtime.ensure_initialized(), hash_grid.LOOKUP_FEATURES_PER_THREAD
     channels = avatar.config.model.grid.features_per_level
     default_group = lookup.get(arch, channels)
-    # (first round, growth cap, features per lookup thread, activations in torch)
-    variants = [(None, default_cap, default_group, False)]
+    # (first round, growth cap, features per lookup thread, activations in torch, columns per last-layer product)
+    product = FrozenField.PRODUCT_COLUMNS
+    variants = [(None, default_cap, default_group, False, product)]
     for spec in filter(None, args.per_round.split(",")):
         per_round, _, cap = spec.partition(":")
-        variants.append((int(per_round), int(cap) if cap else default_cap, default_group, False))
-    variants += [(None, default_cap, int(g), False) for g in filter(None, args.lookup.split(","))]
-    variants += [(None, default_cap, default_group, True)] * args.torch_activations
+        variants.append((int(per_round), int(cap) if cap else default_cap, default_group, False, product))
+    variants += [(None, default_cap, int(g), False, product) for g in filter(None, args.lookup.split(","))]
+    variants += [(None, default_cap, default_group, True, product)] * args.torch_activations
+    variants += [(None, default_cap, default_group, False, int(c)) for c in filter(None, args.product_columns.split(","))]
     logits = FrozenField.logits
-    for per_round, cap, group, torch_activations in variants * args.repeat:
-        rays_module.MAX_SAMPLES_PER_ROUND, lookup[arch] = cap, group
+    for per_round, cap, group, torch_activations, columns in variants * args.repeat:
+        rays_module.MAX_SAMPLES_PER_ROUND, lookup[arch], FrozenField.PRODUCT_COLUMNS = cap, group, columns
         # The renderer calls the frozen field's ``logits``; giving it activated outputs makes the round kernels read
         # them as they are, as before session 14.
         FrozenField.logits = (lambda self, *a: logits(self, *a).activated()) if torch_activations else logits
@@ -92,8 +96,9 @@ def main() -> None:
               f"{samples / n / 1e6:.2f} M samples per frame, {kernel_ms / n:.1f} ms per frame from round launches to "
               f"counters (first round: {per_round or 'default'} samples per ray, rounds up to {cap}; lookup: "
               f"{math.gcd(group, channels)} features per thread; activations in "
-              f"{'torch' if torch_activations else 'the round kernels'})")
-    rays_module.MAX_SAMPLES_PER_ROUND, lookup[arch] = default_cap, default_group
+              f"{'torch' if torch_activations else 'the round kernels'}; last layers' products: "
+              f"{f'{columns} columns each' if columns else 'one'})")
+    rays_module.MAX_SAMPLES_PER_ROUND, lookup[arch], FrozenField.PRODUCT_COLUMNS = default_cap, default_group, product
     FrozenField.logits = logits
     if args.rows == 0:
         return

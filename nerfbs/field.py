@@ -52,14 +52,18 @@ class FrozenMLP:
     """An ``MLP`` for inference (or its weights, ``MLP.weights``), cast to ``dtype`` once (a render calls it every
     round) and its last layer's rows padded with zeros to a multiple of ``align``: calls return [N, ``width``],
     the outputs rounded up to ``align``. cuBLAS runs a product whose output rows are not 16-byte aligned (65 or 3
-    float16 columns) on slow generic kernels (docs/PERF.md, session 8)."""
+    float16 columns) on slow generic kernels (docs/PERF.md, session 8). ``product_columns`` (a multiple of
+    ``align``), if given, computes the last layer in products of that many output columns each."""
 
-    def __init__(self, mlp: "MLP | list[torch.Tensor]", dtype: torch.dtype, align: int = 1):
+    def __init__(self, mlp: "MLP | list[torch.Tensor]", dtype: torch.dtype, align: int = 1,
+                 product_columns: int | None = None):
         weights = [w.to(dtype) for w in (mlp.weights() if isinstance(mlp, MLP) else mlp)]
         last = weights.pop()
         rows = -(-last.shape[0] // align) * align
         self.hidden = [(w.new_zeros(w.shape[0]), w.t()) for w in weights]  # (zero bias, weight^T)
         self.last_t = torch.cat([last, last.new_zeros(rows - last.shape[0], last.shape[1])]).t()
+        step = product_columns or rows
+        self.last_blocks = [(c, self.last_t[:, c:c + step]) for c in range(0, rows, step)]  # (first column, weight^T)
         self.dtype = dtype
 
     @property
@@ -74,7 +78,10 @@ class FrozenMLP:
         h = x.to(self.dtype)
         for bias, weight_t in self.hidden:
             h = torch._addmm_activation(bias, h, weight_t)
-        return h @ self.last_t if out is None else torch.mm(h, self.last_t, out=out)
+        out = h.new_empty(h.shape[0], self.width) if out is None else out
+        for first, weight_t in self.last_blocks:
+            torch.mm(h, weight_t, out=out[:, first:first + weight_t.shape[1]])
+        return out
 
 
 class BlendShapeField(nn.Module):
@@ -139,6 +146,9 @@ class FrozenField:
     cuBLAS's fast kernels need (``FrozenMLP``)."""
 
     ALIGN = 8  # float16 rows of 8 are 16 bytes
+    # Output columns per product of the MLPs' last layers (None: one product each): cuBLAS picks its kernel by
+    # the product's shape (bench/render_profile.py --product-columns times the choices).
+    PRODUCT_COLUMNS: int | None = None
 
     def __init__(self, field: BlendShapeField, blended: torch.Tensor):
         config = field.config
@@ -152,8 +162,8 @@ class FrozenField:
         colour = field.color_net.weights()
         first = colour[0]  # [hidden, sh + G]
         colour[0] = torch.cat([first[:, :sh], first.new_zeros(first.shape[0], self.sh_columns - sh), first[:, sh:]], 1)
-        self.density_net = FrozenMLP(density, blended.dtype, self.ALIGN)
-        self.color_net = FrozenMLP(colour, blended.dtype, self.ALIGN)
+        self.density_net = FrozenMLP(density, blended.dtype, self.ALIGN, self.PRODUCT_COLUMNS)
+        self.color_net = FrozenMLP(colour, blended.dtype, self.ALIGN, self.PRODUCT_COLUMNS)
 
     @torch.no_grad()
     def density(self, points: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:

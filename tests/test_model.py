@@ -72,3 +72,16 @@ def test_frozen_mlp_pads_its_last_layer_with_zero_outputs():
     assert torch.allclose(out[:, :65], net(x).detach(), atol=1e-5) and out[:, :65].abs().sum() > 0
     assert (out[:, 65:] == 0).all()
     assert FrozenMLP(net, torch.float32, align=1)(x).shape == (40, 65)
+
+
+def test_frozen_mlp_last_layer_in_column_products_writes_every_column_in_place():
+    torch.manual_seed(2)
+    net = MLP(16, 32, 2, 20)
+    x = torch.randn(30, 16)
+    whole = FrozenMLP(net, torch.float32, align=8)(x)
+    row = torch.full((30, 40), 7.0)
+    split = FrozenMLP(net, torch.float32, align=8, product_columns=8)
+    assert len(split.last_blocks) == 3
+    split(x, out=row[:, 8:32])  # a slice of a wider row, as the frozen field's
+    torch.testing.assert_close(row[:, 8:32], whole)
+    assert (row[:, :8] == 7).all() and (row[:, 32:] == 7).all()
