@@ -4,9 +4,9 @@ images without autograd.
 Each round one fused kernel composites every alive ray's previous samples (applying the field's activations
 itself when the field gives ``FieldLogits``), retires the rays that are done and marches the rest a few samples
 further (with ``taichi_kernels.march``'s step function, so it places the samples that training marching places
-without jitter). The new samples are written compacted, each
-ray's contiguous, so the field (called between rounds) sees exactly the live samples; the kernel's two
-counters (rays still alive, samples written) are read in one host sync per round.
+without jitter). The new samples are written compacted, each ray's contiguous, so the field (called between
+rounds) sees exactly the live samples; the kernel's two counters (rays still alive, samples written) are read in
+one host sync per round.
 """
 import functools
 import time
