@@ -3,7 +3,7 @@ frame per call (the viewer's) or ``--batch`` frames per call (``nerfbs render``'
 operations by device time and the inference loop's figures.
 
     python3 bench/render_profile.py runs/me/checkpoints/latest.pth --subject subjects/me --frames 20 [--batch 8] \
-        [--per-round 16,8:32] [--lookup 1,2,4] [--torch-activations] [--product-columns 8] [--repeat 2] [--rows 0]
+        [--per-round 16,8:32] [--lookup 1,2,4] [--torch-activations] [--product-columns 8] [--repeat 2] [--rows 0] [--overshoot]
 """
 from __future__ import annotations
 
@@ -17,11 +17,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nerfbs.data.camera import image_rays  # noqa: E402
 from nerfbs.export.avatar import load_avatar  # noqa: E402
 from nerfbs.field import FrozenField  # noqa: E402
 from nerfbs.render import rays as rays_module  # noqa: E402
 from nerfbs.render.image import render_images  # noqa: E402
+from nerfbs.render.rays import visible_counts  # noqa: E402
 from taichi_kernels import hash_grid, runtime  # noqa: E402
+from taichi_kernels.march import march_rays_train  # noqa: E402
+from taichi_kernels.samples import MarchParams  # noqa: E402
 
 
 def sync() -> None:
@@ -44,6 +48,9 @@ def main() -> None:
                              "round kernels")
     parser.add_argument("--product-columns", default="", help="also time the MLPs' last layers computed in products "
                                                               "of these many output columns each, e.g. 8")
+    parser.add_argument("--overshoot", action="store_true",
+                        help="also count the samples the renders evaluate past each ray's early stop (a full march "
+                             "of the same rays and a density pass over it find where each ray stops)")
     parser.add_argument("--repeat", type=int, default=1, help="time the whole list of variants this many times")
     parser.add_argument("--batch", type=int, default=1, help="frames per render call")
     args = parser.parse_args()
@@ -100,6 +107,8 @@ def main() -> None:
               f"{f'{columns} columns each' if columns else 'one'})")
     rays_module.MAX_SAMPLES_PER_ROUND, lookup[arch], FrozenField.PRODUCT_COLUMNS = default_cap, default_group, product
     FrozenField.logits = logits
+    if args.overshoot:
+        overshoot(avatar, calls, background, one)
     if args.rows == 0:
         return
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
@@ -109,6 +118,29 @@ def main() -> None:
             one(f)
         sync()
     print(prof.key_averages().table(sort_by="cuda_time_total" if torch.cuda.is_available() else "cpu_time_total", row_limit=args.rows, max_name_column_width=60))
+
+
+def overshoot(avatar, calls: list[list[int]], background: torch.Tensor, one) -> None:
+    """Print the samples per pixel the renders evaluate, those needed (each ray's samples up to the one where its
+    transmittance falls below the display early stop, from a full march without jitter and the frozen field's
+    density) and those a march through the whole box places."""
+    s, config = avatar.subject, avatar.config.render
+    params = MarchParams.from_render_config(config)
+    evaluated = needed = marched = pixels = 0
+    for f in calls:
+        stats: dict = {}
+        one(f, stats)
+        origins, directions, index = image_rays(s.poses[f].float(), s.intrinsics)
+        samples = march_rays_train(origins, directions, avatar.grid, params, jitter=False)
+        dtype = torch.float16 if origins.device.type == "cuda" else torch.float32
+        sigma = avatar.field.frozen(s.coeffs[f], dtype).density(samples.positions, index[samples.ray_index.long()])
+        evaluated += stats["samples"]
+        needed += int(visible_counts(sigma, samples, params.early_stop).sum())
+        marched += samples.num_samples
+        pixels += origins.shape[0]
+    print(f"overshoot: {evaluated / pixels:.2f} samples per pixel evaluated, {needed / pixels:.2f} needed before each "
+          f"ray's early stop (T < {params.early_stop:g}), {marched / pixels:.2f} through the whole box; "
+          f"{100 * (evaluated - needed) / max(evaluated, 1):.1f} % of the evaluated past the stop")
 
 
 if __name__ == "__main__":
