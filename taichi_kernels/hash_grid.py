@@ -37,8 +37,8 @@ _BLOCK_DIM = 128
 _WARP = 32
 # Features of a point gathered per thread by ``lookup_blended`` (the inference lookup; the training forward gathers
 # one per thread), per backend: 1 hashes each corner once per feature, a point's C features once per point. Backends
-# not named gather all C: on the CPU whole renders took 10 % less time than with 1 (docs/PERF.md, session 13); CUDA
-# keeps the layout its figures were measured with until 2 and 4 are timed there (``bench/render_profile.py --lookup``).
+# not named gather all C: on the CPU whole renders took 10 % less time than with 1 (docs/PERF.md, session 13). On an
+# H100 one per thread renders fastest (batched katie 7.1-7.2 ms per frame, 7.8-8.0 with 2, 9.3 with 4; session 14).
 LOOKUP_FEATURES_PER_THREAD = {"cuda": 1}
 _FULL_MASK = 0xFFFFFFFF  # all 32 lanes
 
