@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.quality import apply_overrides, render, score_held_out  # noqa: E402
 from nerfbs.evaluate import report as evaluate  # noqa: E402
 from nerfbs.export.avatar import load_avatar  # noqa: E402
+from nerfbs.field import FrozenField  # noqa: E402
 from nerfbs.config import SMALL_MODEL, SMALL_RENDER, Config, DataConfig, TrainConfig  # noqa: E402
 from nerfbs.render.image import render_images  # noqa: E402
 from nerfbs.train import loop as train  # noqa: E402
@@ -185,12 +186,14 @@ def score_training_frames(model, count: int) -> dict:
 def render_checkpoint(args) -> None:
     """Add the render figures of a ``run --no-render``'s checkpoint to its JSON (one process on the GPU)."""
     report = json.loads(Path(args.report).read_text())
+    FrozenField.PRODUCT_COLUMNS = args.product_columns or FrozenField.PRODUCT_COLUMNS
     avatar = load_avatar(report["checkpoint"], runtime.torch_device(), subject_dir=report["subject"])
     avatar.field.eval()
     frames = [int(i) for i in avatar.subject.test_indices][: report.get("render_frames") or None]
-    report["render"] = render_figures(avatar, frames, report.get("repeats", 1))
+    key = f"render_columns{args.product_columns}" if args.product_columns else "render"
+    report[key] = render_figures(avatar, frames, report.get("repeats", 1))
     _write_report(Path(args.report), report)
-    print_table([report])
+    print_table([report], key)
 
 
 def evaluate_checkpoint(args) -> None:
@@ -212,8 +215,8 @@ def _psnrs(scores: dict | None) -> str:
                       for k in ("full", "face", "mouth", "face_hull"))
 
 
-def _row(r: dict) -> list[str]:
-    rd = r.get("render")
+def _row(r: dict, render_key: str = "render") -> list[str]:
+    rd = r.get(render_key)
     speed = ["-"] * 4 if rd is None else [
         f"{rd['samples_per_pixel']:.1f} / {rd['samples_per_marching_ray']:.1f}", f"{rd['new_batch8']['fps']:.0f}",
         f"{rd['new_single_default']['fps']:.0f}", " ".join(f"{rd[f'new_single_spr{k}']['fps']:.0f}" for k in (8, 16, 32))]
@@ -222,12 +225,13 @@ def _row(r: dict) -> list[str]:
             f"{100 * r['occupied_share']:.1f}", _psnrs(r["held_out"]), _psnrs(r.get("train_frames")), *speed]
 
 
-def print_table(reports: list[dict]) -> None:
+def print_table(reports: list[dict], render_key: str = "render") -> None:
+    """A markdown table of the reports, their render figures read from ``render_key``."""
     head = ["subject", "variant", "steps", "steps/s", "train samples/ray (grad / marched)", "occupied %",
             "held-out full / face / mouth / face score", "training frames: the same",
             "render samples/pixel (/ marching ray)", "fps batch 8", "fps single", "single fps spr 8 16 32"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_row(r)) + " |" for r in reports]
+    lines += ["| " + " | ".join(_row(r, render_key)) + " |" for r in reports]
     print("\n".join(lines), flush=True)
 
 
@@ -250,6 +254,9 @@ def main() -> None:
     r.add_argument("--score-train", type=int, default=0, metavar="N", help="also score N training frames")
     d = sub.add_parser("render")
     d.add_argument("report", help="the JSON of a run --no-render (its checkpoint is read, its figures added)")
+    d.add_argument("--product-columns", type=int, default=0, metavar="N",
+                   help="the last layers' products of N columns each (FrozenField.PRODUCT_COLUMNS); the figures go "
+                        "under render_columnsN")
     e = sub.add_parser("eval")
     e.add_argument("report", help="the JSON of a run (its checkpoint is evaluated)")
     e.add_argument("--out", required=True, help="the report folder")
