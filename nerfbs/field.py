@@ -147,8 +147,8 @@ class FrozenField:
 
     ALIGN = 8  # float16 rows of 8 are 16 bytes
     # Output columns per product of the MLPs' last layers (None: one product each): cuBLAS picks its kernel by
-    # the product's shape (bench/render_profile.py --product-columns times the choices; products of 8 columns made a
-    # batched frame 1.2 ms slower on an H100, docs/PERF.md session 15).
+    # the product's shape (bench/render_profile.py --product-columns times the choices). Products of 8 columns made a
+    # batched frame 1.2 ms slower on an H100: each product reads the hidden layer again (docs/PERF.md, session 15).
     PRODUCT_COLUMNS: int | None = None
 
     def __init__(self, field: BlendShapeField, blended: torch.Tensor):
