@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -187,13 +188,28 @@ def render_checkpoint(args) -> None:
     """Add the render figures of a ``run --no-render``'s checkpoint to its JSON (one process on the GPU)."""
     report = json.loads(Path(args.report).read_text())
     FrozenField.PRODUCT_COLUMNS = args.product_columns or FrozenField.PRODUCT_COLUMNS
+    FrozenField.FUSED_MLP = not args.products
     avatar = load_avatar(report["checkpoint"], runtime.torch_device(), subject_dir=report["subject"])
     avatar.field.eval()
     frames = [int(i) for i in avatar.subject.test_indices][: report.get("render_frames") or None]
-    key = f"render_columns{args.product_columns}" if args.product_columns else "render"
+    key = "render" + (f"_columns{args.product_columns}" if args.product_columns else "") + (
+        "_products" if args.products else "")
     report[key] = render_figures(avatar, frames, report.get("repeats", 1))
+    if args.products:
+        report[key]["psnr_kernel_vs_products"] = kernel_against_products(avatar, frames[:8])
     _write_report(Path(args.report), report)
     print_table([report], key)
+
+
+def kernel_against_products(avatar, frames: list[int]) -> float:
+    """PSNR (dB) between the frames rendered with the MLPs' kernel and with their products (FrozenField.FUSED_MLP)."""
+    s = avatar.subject
+    images = []
+    for fused in (True, False):
+        FrozenField.FUSED_MLP = fused
+        images.append(render_images(avatar.field, avatar.grid, avatar.config.render, s.poses[frames], s.intrinsics,
+                                    s.coeffs[frames], s.background.float() / 255.0).rgb.clamp(0, 1))
+    return 10 * math.log10(1 / max(((images[0] - images[1]) ** 2).mean().item(), 1e-12))
 
 
 def evaluate_checkpoint(args) -> None:
@@ -257,6 +273,9 @@ def main() -> None:
     d.add_argument("--product-columns", type=int, default=0, metavar="N",
                    help="the last layers' products of N columns each (FrozenField.PRODUCT_COLUMNS); the figures go "
                         "under render_columnsN")
+    d.add_argument("--products", action="store_true",
+                   help="the MLPs as cuBLAS products, not one kernel (FrozenField.FUSED_MLP); the figures go under "
+                        "render_products")
     e = sub.add_parser("eval")
     e.add_argument("report", help="the JSON of a run (its checkpoint is evaluated)")
     e.add_argument("--out", required=True, help="the report folder")

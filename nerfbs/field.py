@@ -6,6 +6,8 @@ encoder sees them mapped to [0, 1]^3.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -143,13 +145,18 @@ class FrozenField:
     rest (its last layer's rows reordered); the colour MLP reads the row's first columns, its first layer's
     weights laid out the same way. Nothing is copied (the colour-input kernel's copy of the features took 4.4 ms
     of a 512x512 frame, docs/PERF.md sessions 8 and 9), and every product's rows are 16-byte aligned, which
-    cuBLAS's fast kernels need (``FrozenMLP``)."""
+    cuBLAS's fast kernels need (``FrozenMLP``).
+
+    On a CUDA GPU, for the original model's shapes, both MLPs run as one kernel instead (``nerfbs.fused_mlp``, 3.2
+    times faster than the products there): the harmonics and the features in, the colour's and density's logits
+    out, nothing between them through memory."""
 
     ALIGN = 8  # float16 rows of 8 are 16 bytes
     # Output columns per product of the MLPs' last layers (None: one product each): cuBLAS picks its kernel by
     # the product's shape (bench/render_profile.py --product-columns times the choices). Products of 8 columns made a
     # batched frame 1.2 ms slower on an H100: each product reads the hidden layer again (docs/PERF.md, session 15).
     PRODUCT_COLUMNS: int | None = None
+    FUSED_MLP = True  # one kernel for both MLPs where it applies (``_fused_mlp``); False: the products (benchmarks)
 
     def __init__(self, field: BlendShapeField, blended: torch.Tensor):
         config = field.config
@@ -165,6 +172,20 @@ class FrozenField:
         colour[0] = torch.cat([first[:, :sh], first.new_zeros(first.shape[0], self.sh_columns - sh), first[:, sh:]], 1)
         self.density_net = FrozenMLP(density, blended.dtype, self.ALIGN, self.PRODUCT_COLUMNS)
         self.color_net = FrozenMLP(colour, blended.dtype, self.ALIGN, self.PRODUCT_COLUMNS)
+        self.fused = self._fused_mlp(density, colour, blended)
+
+    def _fused_mlp(self, density: list[torch.Tensor], colour: list[torch.Tensor], blended: torch.Tensor):
+        """``nerfbs.fused_mlp.FusedFieldMLP`` of the MLPs where it applies: float16 on a CUDA GPU (or on a CPU in
+        Triton's interpreter, ``TRITON_INTERPRET=1``, for the tests), Triton importable, the original model's
+        shapes; else None."""
+        on_device = blended.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+        if not (self.FUSED_MLP and on_device and blended.dtype == torch.float16 and self.sh_columns == self.degree ** 2):
+            return None
+        try:
+            from nerfbs import fused_mlp
+        except ImportError:  # a CUDA torch without Triton: the products
+            return None
+        return fused_mlp.FusedFieldMLP(density, colour) if fused_mlp.fits(density, colour) else None
 
     @torch.no_grad()
     def density(self, points: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
@@ -182,6 +203,11 @@ class FrozenField:
         """The same before the activations, in the blended tables' type: the inference loop activates as it
         composites (``taichi_kernels.samples.FieldLogits``)."""
         encoded = self._encode(points, frame_index)
+        if self.fused is not None:
+            harmonics = torch.empty(points.shape[0], self.sh_columns, dtype=self.blended.dtype, device=points.device)
+            write_harmonics(directions, harmonics, self.degree, self.sh_columns)
+            out = self.fused(encoded, harmonics)  # [N, 4]: the colour's 3 logits, then the density's
+            return FieldLogits(out, 3, out)
         row = torch.empty(points.shape[0], self.sh_columns + self.density_net.width, dtype=self.blended.dtype,
                           device=points.device)
         write_harmonics(directions, row, self.degree, self.sh_columns)

@@ -15,7 +15,7 @@ STAGES = [
     {"nerfbs", "nerfbs.config", "nerfbs.errors", "nerfbs.atomic", "nerfbs.images", "nerfbs.progress"},
     {"nerfbs.data"},
     {"nerfbs.synth", "nerfbs.preprocess"},
-    {"nerfbs.field"},
+    {"nerfbs.field", "nerfbs.fused_mlp"},
     {"nerfbs.render"},
     {"nerfbs.train"},
     {"nerfbs.evaluate"},

@@ -328,7 +328,8 @@ def test_inference_loop_matches_twin_for_any_round_size_and_step_cap(per_round, 
 def _logit_field(dtype, column):
     """A field giving ``FieldLogits``: density logits in column ``column`` of 6-wide rows (the other columns
     hold values that would change the image if read) from softplus's pass-through (> 20) to densities too faint
-    to see (< -15); colour logits in the first 3 of 8 columns."""
+    to see (< -15); colour logits in the first 3 of 8 columns. Column 3: one 4-wide row per sample holds both,
+    the colour first (the fused MLP kernel's output, ``nerfbs.fused_mlp``)."""
     def field(positions, directions, frame_index):
         r = positions.norm(dim=1)
         # 3020 at the centre, 20 at r = 0.03, -15 at r = 0.045, -35 at r = 0.0535
@@ -337,11 +338,14 @@ def _logit_field(dtype, column):
         rows[:, column] = logit
         colour = torch.full((r.shape[0], 8), -7.0)
         colour[:, :3] = positions * 300.0 + directions
+        if column == 3:
+            shared = torch.cat([colour[:, :3], logit[:, None]], 1).to(dtype)
+            return FieldLogits(shared, 3, shared)
         return FieldLogits(rows.to(dtype), column, colour.to(dtype))
     return field
 
 
-@pytest.mark.parametrize("dtype,column", [(torch.float32, 0), (torch.float32, 4), (torch.float16, 5)])
+@pytest.mark.parametrize("dtype,column", [(torch.float32, 0), (torch.float32, 4), (torch.float16, 5), (torch.float16, 3)])
 def test_inference_loop_applies_the_activations_of_field_logits(dtype, column):
     # The round kernel reads the density's column and the colour's first three columns, in any float type, and
     # activates them as torch does: the same image as the loop given the activated outputs, and as the twin.
