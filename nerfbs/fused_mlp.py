@@ -17,9 +17,9 @@ import triton
 import triton.language as tl
 
 FEATURES, HIDDEN, GEOMETRY, HARMONICS = 64, 64, 64, 16  # 16 levels x 4 features, sh degree 4
-DENSITY_HIDDEN_LAYERS, COLOUR_HIDDEN_LAYERS = 4, 1
-# Samples per program and warps: 32 and 1 were the fastest of 16-128 and 1-8 on an H100 (1.04 ms for 4.2 M samples
-# against 1.2-2.2 ms); tiles of 64 or more took Triton 3.6's Hopper path, which read out of bounds there.
+# Samples per program and warps: on an H100, tiles of 32 with 1 warp took 1.04 ms for 4.2 M samples; with 2 or 4
+# warps 1.2 and 1.7, tiles of 16 1.7-2.2 (bench/fused_mlp.py). Tiles of 64 stopped there with an illegal memory
+# access (Triton 3.6; not investigated).
 TILE, WARPS = 32, 1
 OUT_COLUMNS = 4  # a sample's output row: the colour's 3 logits, then the density's
 
