@@ -188,14 +188,14 @@ def render_checkpoint(args) -> None:
     """Add the render figures of a ``run --no-render``'s checkpoint to its JSON (one process on the GPU)."""
     report = json.loads(Path(args.report).read_text())
     FrozenField.PRODUCT_COLUMNS = args.product_columns or FrozenField.PRODUCT_COLUMNS
-    FrozenField.FUSED_MLP = not args.products
+    FrozenField.FUSED_MLP = args.fused_mlp
     avatar = load_avatar(report["checkpoint"], runtime.torch_device(), subject_dir=report["subject"])
     avatar.field.eval()
     frames = [int(i) for i in avatar.subject.test_indices][: report.get("render_frames") or None]
     key = "render" + (f"_columns{args.product_columns}" if args.product_columns else "") + (
-        "_products" if args.products else "")
+        "_fused" if args.fused_mlp else "")
     report[key] = render_figures(avatar, frames, report.get("repeats", 1))
-    if args.products:
+    if args.fused_mlp:
         report[key]["psnr_kernel_vs_products"] = kernel_against_products(avatar, frames[:8])
     _write_report(Path(args.report), report)
     print_table([report], key)
@@ -205,7 +205,7 @@ def kernel_against_products(avatar, frames: list[int]) -> float:
     """PSNR (dB) between the frames rendered with the MLPs' kernel and with their products (FrozenField.FUSED_MLP)."""
     s = avatar.subject
     images = []
-    for fused in (True, False):
+    for fused in (False, True):
         FrozenField.FUSED_MLP = fused
         images.append(render_images(avatar.field, avatar.grid, avatar.config.render, s.poses[frames], s.intrinsics,
                                     s.coeffs[frames], s.background.float() / 255.0).rgb.clamp(0, 1))
@@ -273,9 +273,9 @@ def main() -> None:
     d.add_argument("--product-columns", type=int, default=0, metavar="N",
                    help="the last layers' products of N columns each (FrozenField.PRODUCT_COLUMNS); the figures go "
                         "under render_columnsN")
-    d.add_argument("--products", action="store_true",
-                   help="the MLPs as cuBLAS products, not one kernel (FrozenField.FUSED_MLP); the figures go under "
-                        "render_products")
+    d.add_argument("--fused-mlp", action="store_true",
+                   help="both MLPs in one kernel (FrozenField.FUSED_MLP), its PSNR against the products added; the "
+                        "figures go under render_fused")
     e = sub.add_parser("eval")
     e.add_argument("report", help="the JSON of a run (its checkpoint is evaluated)")
     e.add_argument("--out", required=True, help="the report folder")

@@ -147,16 +147,18 @@ class FrozenField:
     of a 512x512 frame, docs/PERF.md sessions 8 and 9), and every product's rows are 16-byte aligned, which
     cuBLAS's fast kernels need (``FrozenMLP``).
 
-    On a CUDA GPU, for the original model's shapes, both MLPs run as one kernel instead (``nerfbs.fused_mlp``, 3.2
-    times faster than the products there): the harmonics and the features in, the colour's and density's logits
-    out, nothing between them through memory."""
+    With ``FUSED_MLP`` on a CUDA GPU, for the original model's shapes, both MLPs run as one kernel instead
+    (``nerfbs.fused_mlp``): the harmonics and the features in, the colour's and density's logits out, nothing
+    between them through memory."""
 
     ALIGN = 8  # float16 rows of 8 are 16 bytes
     # Output columns per product of the MLPs' last layers (None: one product each): cuBLAS picks its kernel by
     # the product's shape (bench/render_profile.py --product-columns times the choices). Products of 8 columns made a
     # batched frame 1.2 ms slower on an H100: each product reads the hidden layer again (docs/PERF.md, session 15).
     PRODUCT_COLUMNS: int | None = None
-    FUSED_MLP = True  # one kernel for both MLPs where it applies (``_fused_mlp``); False: the products (benchmarks)
+    # Both MLPs in one kernel where it applies (``_fused_mlp``). Off until it has run inside a render on a GPU: alone
+    # it took the MLPs of 4.2 M samples from 3.3 to 1.0 ms on an H100 (docs/PERF.md, session 15).
+    FUSED_MLP = False
 
     def __init__(self, field: BlendShapeField, blended: torch.Tensor):
         config = field.config
