@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.rendering import _median_ms as timed  # noqa: E402  (median ms, synchronised, after a warm-up)
 from nerfbs import fused_mlp  # noqa: E402
 from nerfbs.config import ModelConfig, RenderConfig  # noqa: E402
 from nerfbs.field import BlendShapeField, FrozenField, FrozenMLP  # noqa: E402
@@ -68,21 +69,6 @@ def reference(w: dict, features: torch.Tensor, harmonics: torch.Tensor) -> torch
     return torch.cat([rgb, out[:, 64:]], 1)
 
 
-def time_ms(fn, repeat: int) -> float:
-    """Median milliseconds of ``repeat`` calls after two warm-ups (CUDA events)."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
 def render_check(size: int, device: torch.device, repeat: int) -> None:
     """The inference loop on a random field of the original model's MLP shapes, with the kernel and the products."""
     g = torch.Generator().manual_seed(1)
@@ -114,7 +100,7 @@ def render_check(size: int, device: torch.device, repeat: int) -> None:
         def one() -> tuple:
             return render_rays_inference(origins, directions, frames, frozen.logits, grid, params, background, stats=stats)
         images[fused] = one()
-        ms = time_ms(one, repeat) if device.type == "cuda" else float("nan")
+        ms = timed(one, reps=repeat) if device.type == "cuda" else float("nan")
         print(f"{size}x{size} render, MLPs {'in one kernel' if fused else 'as products'}: {ms:.2f} ms, "
               f"{stats['samples'] / size ** 2:.1f} samples per pixel, opacity {images[fused][1].mean().item():.3f}")
     for name, a, b in zip(("rgb", "opacity", "depth"), images[True], images[False]):
@@ -157,11 +143,11 @@ def main() -> None:
     products = Products(w, device)
     print(f"products: largest difference from the float32 reference {error(products(features, harmonics)):.2e}")
     n = args.samples
-    base = time_ms(lambda: products(features, harmonics), args.repeat)
+    base = timed(lambda: products(features, harmonics), reps=args.repeat)
     print(f"{n} samples: cuBLAS products {base:.3f} ms ({1e6 * base / n:.3f} ns per sample)")
     for tile, warps in variants:
         fused_mlp.TILE, fused_mlp.WARPS = tile, warps
-        t = time_ms(lambda: kernel(features, harmonics), args.repeat)
+        t = timed(lambda: kernel(features, harmonics), reps=args.repeat)
         print(f"{n} samples: kernel, tiles of {tile}, {warps} warps {t:.3f} ms ({1e6 * t / n:.3f} ns per sample, "
               f"{base / t:.2f}x)")
 
