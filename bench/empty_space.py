@@ -188,28 +188,33 @@ def render_checkpoint(args) -> None:
     """Add the render figures of a ``run --no-render``'s checkpoint to its JSON (one process on the GPU)."""
     report = json.loads(Path(args.report).read_text())
     FrozenField.PRODUCT_COLUMNS = args.product_columns or FrozenField.PRODUCT_COLUMNS
-    FrozenField.FUSED_MLP = args.fused_mlp
+    FrozenField.FUSED_MLP = FrozenField.FUSED_MLP and not args.products
     avatar = load_avatar(report["checkpoint"], runtime.torch_device(), subject_dir=report["subject"])
     avatar.field.eval()
     frames = [int(i) for i in avatar.subject.test_indices][: report.get("render_frames") or None]
     key = "render" + (f"_columns{args.product_columns}" if args.product_columns else "") + (
-        "_fused" if args.fused_mlp else "")
+        "_products" if args.products else "")
     report[key] = render_figures(avatar, frames, report.get("repeats", 1))
-    if args.fused_mlp:
-        report[key]["psnr_kernel_vs_products"] = kernel_against_products(avatar, frames[:8])
+    if FrozenField.FUSED_MLP:
+        report[key]["kernel_vs_products"] = kernel_against_products(avatar, frames[:8])
     _write_report(Path(args.report), report)
     print_table([report], key)
 
 
-def kernel_against_products(avatar, frames: list[int]) -> float:
-    """PSNR (dB) between the frames rendered with the MLPs' kernel and with their products (FrozenField.FUSED_MLP)."""
+def kernel_against_products(avatar, frames: list[int]) -> dict:
+    """The frames rendered with the MLPs' kernel against their products (FrozenField.FUSED_MLP): PSNR (dB), the
+    largest difference and the share of differing pixel values, and whether the kernel ran."""
     s = avatar.subject
     images = []
+    kernel_ran = avatar.field.frozen(s.coeffs[frames[:1]], torch.float16).fused is not None
     for fused in (False, True):
         FrozenField.FUSED_MLP = fused
         images.append(render_images(avatar.field, avatar.grid, avatar.config.render, s.poses[frames], s.intrinsics,
                                     s.coeffs[frames], s.background.float() / 255.0).rgb.clamp(0, 1))
-    return 10 * math.log10(1 / max(((images[0] - images[1]) ** 2).mean().item(), 1e-12))
+    difference = (images[0] - images[1]).abs()
+    return {"psnr": 10 * math.log10(1 / max((difference ** 2).mean().item(), 1e-12)),
+            "largest_difference": difference.max().item(), "differing_share": (difference > 0).float().mean().item(),
+            "kernel_ran": kernel_ran}
 
 
 def evaluate_checkpoint(args) -> None:
@@ -273,9 +278,10 @@ def main() -> None:
     d.add_argument("--product-columns", type=int, default=0, metavar="N",
                    help="the last layers' products of N columns each (FrozenField.PRODUCT_COLUMNS); the figures go "
                         "under render_columnsN")
-    d.add_argument("--fused-mlp", action="store_true",
-                   help="both MLPs in one kernel (FrozenField.FUSED_MLP), its PSNR against the products added; the "
-                        "figures go under render_fused")
+    d.add_argument("--products", action="store_true",
+                   help="the MLPs as cuBLAS products, not in one kernel (FrozenField.FUSED_MLP off); the figures go "
+                        "under render_products. With the kernel, its images against the products' are added "
+                        "(kernel_vs_products)")
     e = sub.add_parser("eval")
     e.add_argument("report", help="the JSON of a run (its checkpoint is evaluated)")
     e.add_argument("--out", required=True, help="the report folder")

@@ -91,7 +91,7 @@ def render_check(size: int, device: torch.device, repeat: int) -> None:
     background = torch.full((size * size, 3), 0.5, device=device)
     coeffs = torch.rand(1, 3, generator=g).to(device)
     params = MarchParams.from_render_config(config)
-    images, stats = {}, {}
+    images, stats, default = {}, {}, FrozenField.FUSED_MLP
     for fused in (True, False):
         FrozenField.FUSED_MLP = fused
         frozen = field.frozen(coeffs, torch.float16)
@@ -105,7 +105,7 @@ def render_check(size: int, device: torch.device, repeat: int) -> None:
               f"{stats['samples'] / size ** 2:.1f} samples per pixel, opacity {images[fused][1].mean().item():.3f}")
     for name, a, b in zip(("rgb", "opacity", "depth"), images[True], images[False]):
         print(f"kernel against products, {name}: largest difference {(a - b).abs().max().item():.2e}")
-    FrozenField.FUSED_MLP = False
+    FrozenField.FUSED_MLP = default
 
 
 def main() -> None:

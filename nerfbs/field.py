@@ -156,9 +156,10 @@ class FrozenField:
     # the product's shape (bench/render_profile.py --product-columns times the choices). Products of 8 columns made a
     # batched frame 1.2 ms slower on an H100: each product reads the hidden layer again (docs/PERF.md, session 15).
     PRODUCT_COLUMNS: int | None = None
-    # Both MLPs in one kernel where it applies (``_fused_mlp``). Off until it has run inside a render on a GPU: alone
-    # it took the MLPs of 4.2 M samples from 3.3 to 1.0 ms on an H100 (docs/PERF.md, session 15).
-    FUSED_MLP = False
+    # Both MLPs in one kernel where it applies (``_fused_mlp``): on an H100 a batched 512x512 katie frame went from
+    # 146 to 202 frames/s with it, images within 1e-4 of the products' (docs/PERF.md, session 16).
+    FUSED_MLP = True
+    FUSED_MLP_MIN_CAPABILITY = (8, 0)  # measured on Hopper; Ampere's tensor cores take the same float16 products
 
     def __init__(self, field: BlendShapeField, blended: torch.Tensor):
         config = field.config
@@ -178,9 +179,13 @@ class FrozenField:
 
     def _fused_mlp(self, density: list[torch.Tensor], colour: list[torch.Tensor], blended: torch.Tensor):
         """``nerfbs.fused_mlp.FusedFieldMLP`` of the MLPs where it applies: float16 on a CUDA GPU (or on a CPU in
-        Triton's interpreter, ``TRITON_INTERPRET=1``, for the tests), Triton importable, the original model's
-        shapes; else None."""
-        on_device = blended.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+        Triton's interpreter, ``TRITON_INTERPRET=1``, for the tests), a GPU of compute capability 8.0 or newer,
+        Triton importable, the original model's shapes; else None."""
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            on_device = True
+        else:
+            on_device = (blended.is_cuda
+                         and torch.cuda.get_device_capability(blended.device) >= self.FUSED_MLP_MIN_CAPABILITY)
         if not (self.FUSED_MLP and on_device and blended.dtype == torch.float16):
             return None
         try:

@@ -66,8 +66,9 @@ CHECKS = textwrap.dedent("""
     points = torch.rand(500, 3, generator=g) * 1.6 - 0.8
     directions = torch.nn.functional.normalize(torch.randn(500, 3, generator=g), dim=1)
     frames = torch.randint(0, 2, (500,), generator=g, dtype=torch.int32)
-    products = field.frozen(coeffs, torch.float16)  # FUSED_MLP off: the default until it has run on a GPU
-    FrozenField.FUSED_MLP = True
+    FrozenField.FUSED_MLP = False
+    products = field.frozen(coeffs, torch.float16)
+    FrozenField.FUSED_MLP = True  # the default
     fused = field.frozen(coeffs, torch.float16)
     report["fused_used"] = [fused.fused is not None, products.fused is not None]
     (s1, c1), (s2, c2) = fused(points, directions, frames), products(points, directions, frames)
@@ -119,3 +120,17 @@ def test_fused_mlp_only_takes_the_original_models_shapes(monkeypatch):
     with pytest.raises(ValueError, match="original model"):
         fused_mlp.FusedFieldMLP(density, colour)
     assert small.frozen(torch.rand(1, SMALL_MODEL.grid.num_bases), torch.float16).fused is None  # the products
+
+
+def test_fused_mlp_is_the_default_only_where_it_can_run(monkeypatch):
+    """On by default, but a CPU render (float32, no interpreter) and a float16 field on the CPU keep the products."""
+    from nerfbs.config import ModelConfig
+    from nerfbs.field import BlendShapeField, FrozenField
+    from taichi_kernels.grid_layout import GridConfig
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert FrozenField.FUSED_MLP
+    field = BlendShapeField(ModelConfig(grid=GridConfig(num_bases=2)), bound=1.0)
+    coeffs = torch.rand(1, 2)
+    assert field.frozen(coeffs, torch.float32).fused is None
+    assert field.frozen(coeffs, torch.float16).fused is None

@@ -6,15 +6,15 @@
 # render.long_step_density (0 when not given: every step long) set, by `bench/empty_space.py run --variant today
 # --no-render`, and scores its held-out frames (and $SCORE_TRAIN training frames). Then, for the runs named in
 # RENDER (default: all), in that order, `bench/empty_space.py render` adds samples per pixel and frames/s, batched
-# and one at a time, over the first RENDER_FRAMES held-out frames (0: all); those also named in RENDER_FUSED render with
-# both MLPs in one kernel instead (`--fused-mlp`: figures under render_fused, with their PSNR against the products). SYNTH lists subjects to make first, as
+# and one at a time, over the first RENDER_FRAMES held-out frames (0: all); those also named in RENDER_PRODUCTS render
+# with the MLPs as products instead of one kernel (`--products`: figures under render_products). SYNTH lists subjects to make first, as
 # NAME:TRACKS_SUBJECT:FRAMES (`nerfbs synth --tracks-from`, 512x512). Last, for the runs named in EVAL (default:
 # none), `nerfbs eval`'s report of the checkpoint (metrics and contact sheet) into eval_NAME/, EVAL_RESERVE seconds each.
 # Carry .gpu and .carry. Everything comes back as results.tgz. A CPU dry run:
 #   MINUTES=0.1 MODEL=small NERFBS_ARCH=cpu OUT=/tmp/out RUNS="a:katie_new:40:1 b:katie_new:40:4" bash bench/gpu/side_by_side.sh
 MINUTES=${MINUTES:-5} MODEL=${MODEL:-original} SCORE_TRAIN=${SCORE_TRAIN:-0} SYNTH=${SYNTH:-} RENDER_FRAMES=${RENDER_FRAMES:-0}
 BUDGET=${BUDGET:-585} RENDER_RESERVE=${RENDER_RESERVE:-45}  # seconds kept per rendered avatar for its figures
-EVAL=${EVAL:-} EVAL_RESERVE=${EVAL_RESERVE:-40} RENDER_FUSED=${RENDER_FUSED:-}
+EVAL=${EVAL:-} EVAL_RESERVE=${EVAL_RESERVE:-40} RENDER_PRODUCTS=${RENDER_PRODUCTS:-}
 source bench/gpu/katie_setup.sh
 cap() { local l=$(left); echo $(( l < $1 ? (l > 1 ? l : 1) : $1 )); }  # seconds: at most $1, at most what is left
 for spec in $SYNTH; do
@@ -49,9 +49,9 @@ for name in "${names[@]}"; do
     grep -q '"held_out": null' $R/$name.json && echo "$name: stopped before its held-out frames were scored"
 done
 for name in $RENDER; do
-    fused=$(grep -qw $name <<< "$RENDER_FUSED" && echo --fused-mlp)
+    products=$(grep -qw $name <<< "$RENDER_PRODUCTS" && echo --products)
     [ -f $R/$name.json ] && [ $(left) -gt 10 ] && timeout $(cap $RENDER_RESERVE) python3 bench/empty_space.py render $R/$name.json \
-        $fused > $R/$name.render.log 2>&1
+        $products > $R/$name.render.log 2>&1
 done
 for name in $EVAL; do
     [ -f $R/$name.json ] && [ $(left) -gt 10 ] && timeout $(cap $EVAL_RESERVE) python3 bench/empty_space.py eval \
