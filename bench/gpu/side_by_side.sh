@@ -7,8 +7,8 @@
 # --no-render`, and scores its held-out frames (and $SCORE_TRAIN training frames). Then, for the runs named in
 # RENDER (default: all), in that order, `bench/empty_space.py render` adds samples per pixel and frames/s, batched
 # and one at a time, over the first RENDER_FRAMES held-out frames (0: all); those also named in RENDER_PRODUCTS render
-# with the MLPs as products instead of one kernel (`--products`: figures under render_products). SYNTH lists subjects to make first, as
-# NAME:TRACKS_SUBJECT:FRAMES (`nerfbs synth --tracks-from`, 512x512). Last, for the runs named in EVAL (default:
+# with the MLPs as products instead of one kernel (`--products`: figures under render_products). SYNTH lists subjects
+# to make first, as NAME:TRACKS_SUBJECT:FRAMES (`nerfbs synth --tracks-from`, 512x512). Last, for the runs named in EVAL (default:
 # none), `nerfbs eval`'s report of the checkpoint (metrics and contact sheet) into eval_NAME/, EVAL_RESERVE seconds each.
 # Carry .gpu and .carry. Everything comes back as results.tgz. A CPU dry run:
 #   MINUTES=0.1 MODEL=small NERFBS_ARCH=cpu OUT=/tmp/out RUNS="a:katie_new:40:1 b:katie_new:40:4" bash bench/gpu/side_by_side.sh
