@@ -156,8 +156,9 @@ class FrozenField:
     # the product's shape (bench/render_profile.py --product-columns times the choices). Products of 8 columns made a
     # batched frame 1.2 ms slower on an H100: each product reads the hidden layer again (docs/PERF.md, session 15).
     PRODUCT_COLUMNS: int | None = None
-    # Both MLPs in one kernel where it applies (``_fused_mlp``): on an H100 a batched 512x512 katie frame went from
-    # 146 to 202 frames/s with it, images within 1e-4 of the products' (docs/PERF.md, session 16).
+    # Both MLPs in one kernel where it applies (``_fused_mlp``): on an H100 katie's batched 512x512 frames render at
+    # 202 frames/s with it, 146 with the products (the same recipe and steps, session 14), images within 1e-4 of the
+    # products' (docs/PERF.md, session 16).
     FUSED_MLP = True
     FUSED_MLP_MIN_CAPABILITY = (8, 0)  # measured on Hopper; Ampere's tensor cores take the same float16 products
 
