@@ -182,12 +182,11 @@ class FrozenField:
         """``nerfbs.fused_mlp.FusedFieldMLP`` of the MLPs where it applies: float16 on a CUDA GPU (or on a CPU in
         Triton's interpreter, ``TRITON_INTERPRET=1``, for the tests), a GPU of compute capability 8.0 or newer,
         Triton importable, the original model's shapes; else None."""
-        if os.environ.get("TRITON_INTERPRET") == "1":
-            on_device = True
-        else:
-            on_device = (blended.is_cuda
-                         and torch.cuda.get_device_capability(blended.device) >= self.FUSED_MLP_MIN_CAPABILITY)
-        if not (self.FUSED_MLP and on_device and blended.dtype == torch.float16):
+        if not self.FUSED_MLP or blended.dtype != torch.float16:
+            return None
+        interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+        if not interpreted and not (blended.is_cuda and torch.cuda.get_device_capability(blended.device)
+                                    >= self.FUSED_MLP_MIN_CAPABILITY):
             return None
         try:
             from nerfbs import fused_mlp
