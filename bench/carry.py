@@ -3,8 +3,9 @@
 Several subjects made from one video (today's preprocessing and the new one, say) share their ori_imgs
 JPEGs, and head_imgs is ori_imgs with everything outside the parsing's head replaced by bc.jpg. So a
 group travels as one copy of the ori_imgs JPEGs plus, per subject, an xz archive of the rest (transforms,
-landmarks, parsing, background, extra files); ``unpack`` rebuilds each subject, its head_imgs from the
-carried ori_imgs (re-encoded at the writer's JPEG quality: every subject of the group is rebuilt alike).
+landmarks, parsing, background, extra files); files that every subject of the group has alike (the landmarks,
+when only tracking or masks changed) travel once, in common.tar.xz. ``unpack`` rebuilds each subject, its head_imgs
+from the carried ori_imgs (re-encoded at the writer's JPEG quality: every subject of the group is rebuilt alike).
 
     python3 bench/carry.py pack --out .carry/d10 base=/tmp/base/d10 new=/tmp/new/d10
     python3 bench/carry.py unpack .carry/d10 --to /tmp/subjects      # there: /tmp/subjects/d10_base, ...
@@ -22,6 +23,7 @@ import cv2
 import numpy as np
 
 JPEG_QUALITY = 95  # nerfbs.data.writer's
+COMMON = "common.tar.xz"  # the files every subject of a group has alike
 
 
 def pack(out: Path, subjects: dict[str, Path]) -> None:
@@ -36,22 +38,35 @@ def pack(out: Path, subjects: dict[str, Path]) -> None:
     (out / "ori_imgs").mkdir(exist_ok=True)
     for p in jpegs:
         shutil.copy2(p, out / "ori_imgs" / p.name)
+    own = {name: _carried_files(root) for name, root in subjects.items()}
+    common = [rel for rel in own[next(iter(subjects))] if len(subjects) > 1 and all(
+        (root / rel).is_file() and filecmp.cmp(first / rel, root / rel, shallow=False) for root in subjects.values())]
+    with tarfile.open(out / COMMON, "w:xz") as tar:
+        for rel in common:
+            tar.add(first / rel, arcname=str(rel))
     for name, root in subjects.items():
         with tarfile.open(out / f"{name}.tar.xz", "w:xz") as tar:
-            for path in sorted(root.rglob("*")):
-                rel = path.relative_to(root)
-                if path.is_file() and rel.parts[0] != "head_imgs" and not (rel.parts[0] == "ori_imgs" and path.suffix == ".jpg"):
-                    tar.add(path, arcname=str(rel))
+            for rel in sorted(set(own[name]) - set(common)):
+                tar.add(root / rel, arcname=str(rel))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"{out}: {len(subjects)} subjects, {len(jpegs)} frames, {size / 2**20:.1f} MiB")
 
 
+def _carried_files(root: Path) -> list[Path]:
+    """A subject's files that travel (relative paths): all but head_imgs and the ori_imgs JPEGs."""
+    return [path.relative_to(root) for path in sorted(root.rglob("*")) if path.is_file()
+            and path.relative_to(root).parts[0] != "head_imgs"
+            and not (path.relative_to(root).parts[0] == "ori_imgs" and path.suffix == ".jpg")]
+
+
 def unpack(src: Path, to: Path) -> None:
-    for archive in sorted(src.glob("*.tar.xz")):
+    for archive in sorted(a for a in src.glob("*.tar.xz") if a.name != COMMON):
         root = to / f"{src.name}_{archive.name[:-len('.tar.xz')]}"
         root.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(root, filter="data")
+        for part in (src / COMMON, archive):
+            if part.exists():  # groups packed before common.tar.xz have none
+                with tarfile.open(part) as tar:
+                    tar.extractall(root, filter="data")
         (root / "head_imgs").mkdir(exist_ok=True)
         bc = cv2.imread(str(root / "bc.jpg"))
         for jpg in sorted((src / "ori_imgs").glob("*.jpg")):
