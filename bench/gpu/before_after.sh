@@ -3,15 +3,17 @@
 # filed against (main at 72f1b20: fov 63 assumed, MediaPipe's poses, GrabCut masks, the original's marching) beside
 # today's `nerfbs preprocess` and `nerfbs train` defaults, side by side on the one GPU, all scored by today's
 # `nerfbs eval` (the face score does not depend on the masks, so it compares two preprocessors).
-# RUNS lists the trainings as NAME:TREE:SUBJECT:TEST_LAST, TREE "base" (the old code, carried as
+# RUNS lists the trainings as NAME:TREE:SUBJECT:TEST_LAST[:OPTIONS], TREE "base" (the old code, carried as
 # .carry/code_base.tar.xz: `git archive 72f1b20 | xz > .carry/code_base.tar.xz`) or "new" (this tree); SUBJECT
 # under /tmp/subjects, as katie_setup.sh unpacks the carried groups (`bench/carry.py pack --out .carry/katie
 # base=<old preprocess> new=<new preprocess>` gives katie_base and katie_new). Each trains $MINUTES with the CLI's
-# defaults (LPIPS off: it starts after step 20,000, and its weights are not on the machine). The new runs' own
+# defaults (LPIPS off: it starts after step 20,000, and its weights are not on the machine) and OPTIONS, more train
+# options with commas for spaces ("--no-pose-refinement,--step-scale,1"). The new runs' own
 # evaluation (face score, contact sheet) comes back as eval_NAME/; the base runs' checkpoints are scored by today's
 # `nerfbs eval` into eval_NAME/. The runs in REFINE_RUNS are scored again with `--refine-poses $REFINE` (the held-out
 # cameras fitted on their own images, the field frozen) into refine_NAME/.
-# Carry .gpu and .carry. Everything comes back as results.tgz. A CPU dry run:
+# Carry .gpu and .carry. The figures come back as results.tgz, each contact sheet as contact_NAME.jpg (the PNGs of
+# four runs are over the 16 MiB a file may have). A CPU dry run:
 #   MINUTES=0.1 NERFBS_ARCH=cpu OUT=/tmp/out RUNS="a:base:katie_base:40 b:new:katie_new:40" bash bench/gpu/before_after.sh
 MINUTES=${MINUTES:-5} BUDGET=${BUDGET:-585} EVAL_RESERVE=${EVAL_RESERVE:-35} REFINE=${REFINE:-20}
 REFINE_RUNS=${REFINE_RUNS:-} REFINE_RESERVE=${REFINE_RESERVE:-60}
@@ -21,11 +23,11 @@ rm -rf /tmp/base_tree && mkdir -p /tmp/base_tree && tar -xJf .carry/code_base.ta
 cap() { local l=$(left); echo $(( l < $1 ? (l > 1 ? l : 1) : $1 )); }  # seconds: at most $1, at most what is left
 pids=() names=()
 for spec in $RUNS; do
-    IFS=: read name tree subject test_last <<< "$spec"
+    IFS=: read name tree subject test_last options <<< "$spec"
     code=$PWD; [ $tree = base ] && code=/tmp/base_tree
     rm -rf /tmp/ws/$name
     ( cd $code && exec python3 cli.py train /tmp/subjects/$subject --test-last $test_last --minutes $MINUTES --no-lpips \
-        --workspace /tmp/ws/$name ) > $R/$name.train.log 2>&1 &
+        --workspace /tmp/ws/$name ${options//,/ } ) > $R/$name.train.log 2>&1 &
     pids+=($!) names+=($name)
 done
 reserve=$(( EVAL_RESERVE * $(grep -o ":base:" <<< "$RUNS" | wc -l) + REFINE_RESERVE * $(wc -w <<< "$REFINE_RUNS") + 10 ))
@@ -42,7 +44,7 @@ for spec in $RUNS; do
     if [ $tree = new ]; then cp -r /tmp/ws/$name/eval $R/eval_$name; echo "$name: $(tail -1 $R/$name.train.log)"; continue; fi
     [ $(left) -gt 10 ] && timeout $(cap $EVAL_RESERVE) python3 cli.py eval $ckpt --subject /tmp/subjects/$subject \
         --out $R/eval_$name > $R/eval_$name.log 2>&1
-    echo "$name: $(grep -m1 -i "face score\|face hull" $R/eval_$name.log)"
+    echo "$name: $(grep -aoE ' step [0-9]+' $R/$name.train.log | tail -1), $(grep -m1 "face hull" $R/eval_$name/metrics.md)"
 done
 for name in $REFINE_RUNS; do
     spec=$(tr ' ' '\n' <<< "$RUNS" | grep "^$name:"); IFS=: read name tree subject test_last <<< "$spec"
@@ -50,3 +52,8 @@ for name in $REFINE_RUNS; do
         --subject /tmp/subjects/$subject --refine-poses $REFINE --out $R/refine_$name > $R/refine_$name.log 2>&1
 done
 for f in $R/eval_*/metrics.md; do echo "== $f"; cat $f; done 2>/dev/null | head -120
+for sheet in $R/*/contact.png; do  # the sheets as JPEGs beside results.tgz; no PNG goes into it
+    [ -f $sheet ] && python3 -c "import cv2, sys; cv2.imwrite(sys.argv[2], cv2.imread(sys.argv[1]), [cv2.IMWRITE_JPEG_QUALITY, 88])" \
+        $sheet $OUT/contact_$(basename $(dirname $sheet)).jpg
+done
+rm -f $R/*/*.png
