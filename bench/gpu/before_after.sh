@@ -37,7 +37,7 @@ while alive && [ $(left) -gt $reserve ]; do sleep 2; done
 for p in "${pids[@]}"; do kill -INT $p 2>/dev/null; done; wait  # as Ctrl-C: the trainer saves its checkpoint
 echo "trained $(( $(date +%s) - T0 )) s"
 for spec in $RUNS; do
-    IFS=: read name tree subject test_last <<< "$spec"
+    IFS=: read name tree subject _ <<< "$spec"
     cp /tmp/ws/$name/metrics.jsonl $R/$name.metrics.jsonl 2>/dev/null
     ckpt=/tmp/ws/$name/checkpoints/latest.pth
     [ -f $ckpt ] || { echo "$name: no checkpoint"; tail -3 $R/$name.train.log; continue; }
@@ -47,13 +47,15 @@ for spec in $RUNS; do
     echo "$name: $(grep -aoE ' step [0-9]+' $R/$name.train.log | tail -1), $(grep -m1 "face hull" $R/eval_$name/metrics.md)"
 done
 for name in $REFINE_RUNS; do
-    spec=$(tr ' ' '\n' <<< "$RUNS" | grep "^$name:"); IFS=: read name tree subject test_last <<< "$spec"
+    spec=$(tr ' ' '\n' <<< "$RUNS" | grep "^$name:"); IFS=: read name tree subject _ <<< "$spec"
     [ $(left) -gt 10 ] && timeout $(cap $REFINE_RESERVE) python3 cli.py eval /tmp/ws/$name/checkpoints/latest.pth \
         --subject /tmp/subjects/$subject --refine-poses $REFINE --out $R/refine_$name > $R/refine_$name.log 2>&1
+    echo "$name, tracked / refined held-out cameras:" $(grep -h "face hull" $R/refine_$name/metrics.md \
+        $R/refine_$name/refined_poses/metrics.md 2>/dev/null)
 done
 for f in $R/eval_*/metrics.md; do echo "== $f"; cat $f; done 2>/dev/null | head -120
-for sheet in $R/*/contact.png; do  # the sheets as JPEGs beside results.tgz; no PNG goes into it
-    [ -f $sheet ] && python3 -c "import cv2, sys; cv2.imwrite(sys.argv[2], cv2.imread(sys.argv[1]), [cv2.IMWRITE_JPEG_QUALITY, 88])" \
-        $sheet $OUT/contact_$(basename $(dirname $sheet)).jpg
+for sheet in $(cd $R && find . -name contact.png); do  # the sheets as JPEGs beside results.tgz; no PNG goes into it
+    jpg=$(dirname ${sheet#./}); python3 -c "import cv2, sys; cv2.imwrite(sys.argv[2], cv2.imread(sys.argv[1]), \
+        [cv2.IMWRITE_JPEG_QUALITY, 88])" $R/$sheet $OUT/contact_${jpg//\//_}.jpg
 done
-rm -f $R/*/*.png
+find $R -name "*.png" -delete
