@@ -39,7 +39,7 @@ def pack(out: Path, subjects: dict[str, Path]) -> None:
     for p in jpegs:
         shutil.copy2(p, out / "ori_imgs" / p.name)
     own = {name: _carried_files(root) for name, root in subjects.items()}
-    common = [rel for rel in own[next(iter(subjects))] if len(subjects) > 1 and all(
+    common = [] if len(subjects) == 1 else [rel for rel in _carried_files(first) if all(
         (root / rel).is_file() and filecmp.cmp(first / rel, root / rel, shallow=False) for root in subjects.values())]
     with tarfile.open(out / COMMON, "w:xz") as tar:
         for rel in common:
@@ -54,9 +54,8 @@ def pack(out: Path, subjects: dict[str, Path]) -> None:
 
 def _carried_files(root: Path) -> list[Path]:
     """A subject's files that travel (relative paths): all but head_imgs and the ori_imgs JPEGs."""
-    return [path.relative_to(root) for path in sorted(root.rglob("*")) if path.is_file()
-            and path.relative_to(root).parts[0] != "head_imgs"
-            and not (path.relative_to(root).parts[0] == "ori_imgs" and path.suffix == ".jpg")]
+    files = [path.relative_to(root) for path in sorted(root.rglob("*")) if path.is_file()]
+    return [rel for rel in files if rel.parts[0] != "head_imgs" and not (rel.parts[0] == "ori_imgs" and rel.suffix == ".jpg")]
 
 
 def unpack(src: Path, to: Path) -> None:
