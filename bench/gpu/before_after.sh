@@ -11,12 +11,14 @@
 # options with commas for spaces ("--no-pose-refinement,--step-scale,1"). The new runs' own
 # evaluation (face score, contact sheet) comes back as eval_NAME/; the base runs' checkpoints are scored by today's
 # `nerfbs eval` into eval_NAME/. The runs in REFINE_RUNS are scored again with `--refine-poses $REFINE` (the held-out
-# cameras fitted on their own images, the field frozen) into refine_NAME/.
+# cameras fitted on their own images, the field frozen) into refine_NAME/. CROSS_EVALS lists NAME:SUBJECT pairs: run
+# NAME's checkpoint scored against another subject of the same video and cameras (katie_track's run against
+# katie_new's segmenter head images, say) into cross_NAME_SUBJECT/.
 # Carry .gpu and .carry. The figures come back as results.tgz, each contact sheet as contact_NAME.jpg (the PNGs of
 # four runs are over the 16 MiB a file may have). A CPU dry run:
 #   MINUTES=0.1 NERFBS_ARCH=cpu OUT=/tmp/out RUNS="a:base:katie_base:40 b:new:katie_new:40" bash bench/gpu/before_after.sh
 MINUTES=${MINUTES:-5} BUDGET=${BUDGET:-585} EVAL_RESERVE=${EVAL_RESERVE:-35} REFINE=${REFINE:-20}
-REFINE_RUNS=${REFINE_RUNS:-} REFINE_RESERVE=${REFINE_RESERVE:-60}
+REFINE_RUNS=${REFINE_RUNS:-} REFINE_RESERVE=${REFINE_RESERVE:-60} CROSS_EVALS=${CROSS_EVALS:-}
 source bench/gpu/katie_setup.sh
 set -m  # each training in its own process group, so that SIGINT (the trainer saves a checkpoint) reaches it
 rm -rf /tmp/base_tree && mkdir -p /tmp/base_tree && tar -xJf .carry/code_base.tar.xz -C /tmp/base_tree || exit 1
@@ -30,7 +32,8 @@ for spec in $RUNS; do
         --workspace /tmp/ws/$name ${options//,/ } ) > $R/$name.train.log 2>&1 &
     pids+=($!) names+=($name)
 done
-reserve=$(( EVAL_RESERVE * $(grep -o ":base:" <<< "$RUNS" | wc -l) + REFINE_RESERVE * $(wc -w <<< "$REFINE_RUNS") + 10 ))
+reserve=$(( EVAL_RESERVE * ($(grep -o ":base:" <<< "$RUNS" | wc -l) + $(wc -w <<< "$CROSS_EVALS")) \
+    + REFINE_RESERVE * $(wc -w <<< "$REFINE_RUNS") + 10 ))
 echo "trainings stopped at $(( BUDGET - reserve )) s if not done"
 alive() { for p in "${pids[@]}"; do kill -0 $p 2>/dev/null && return 0; done; return 1; }
 while alive && [ $(left) -gt $reserve ]; do sleep 2; done
@@ -52,6 +55,12 @@ for name in $REFINE_RUNS; do
         --subject /tmp/subjects/$subject --refine-poses $REFINE --out $R/refine_$name > $R/refine_$name.log 2>&1
     echo "$name, tracked / refined held-out cameras:" $(grep -h "face hull" $R/refine_$name/metrics.md \
         $R/refine_$name/refined_poses/metrics.md 2>/dev/null)
+done
+for pair in $CROSS_EVALS; do
+    IFS=: read name subject <<< "$pair"
+    [ $(left) -gt 10 ] && timeout $(cap $EVAL_RESERVE) python3 cli.py eval /tmp/ws/$name/checkpoints/latest.pth \
+        --subject /tmp/subjects/$subject --out $R/cross_${name}_$subject > $R/cross_${name}_$subject.log 2>&1
+    echo "$name against $subject:" $(grep -E "^\| (full|face) " $R/cross_${name}_$subject/metrics.md | tr -s ' ')
 done
 for f in $R/eval_*/metrics.md; do echo "== $f"; cat $f; done 2>/dev/null | head -120
 for sheet in $(cd $R && find . -name contact.png); do  # the sheets as JPEGs beside results.tgz; no PNG goes into it
