@@ -147,6 +147,7 @@ def test_a_known_pose_offset_is_corrected_by_the_photometric_gradient(tiny_run, 
 
 
 def _config(subject, steps: int, **train_kw) -> Config:
+    train_kw.setdefault("pose_refinement", True)
     return Config(data=DataConfig(subject=str(subject), test_last=2), model=TINY_MODEL, render=TINY_RENDER,
                   train=TrainConfig(steps=steps, use_lpips=False, rays_per_image=128, validate_every=10 ** 6,
                                     checkpoint_every=10 ** 6, occupancy_update_every=4, **train_kw))
@@ -230,21 +231,24 @@ def test_an_old_checkpoint_without_corrections_loads_and_resumes(tiny_run, tmp_p
 
 def test_corrections_of_another_frame_count_are_refused(tiny_run, tmp_path):
     payload = ckpt.load_checkpoint(tiny_run.checkpoint)
-    assert payload["poses"] is not None  # pose refinement is on by default
+    assert payload["poses"] is not None  # the tiny run refines poses
     n = payload["poses"]["rotation"].shape[0]
     with pytest.raises(UserError, match=f"do not fit the subject's {n + 1} training frames"):
         ckpt.pose_state(payload, n + 1, path="x.pth")
 
 
-def test_no_pose_refinement_option(tiny_run, tmp_path):
-    ws = tmp_path / "off"
+@pytest.mark.parametrize("option, expected", [((), False), (("--pose-refinement",), True),
+                                              (("--no-pose-refinement",), False)])
+def test_pose_refinement_is_off_unless_asked_for(tiny_run, tmp_path, option, expected):
+    ws = tmp_path / "run"
     result = invoke("train", tiny_run.subject, "--model", "small", "--steps", 2, "--test-last", 2, "--no-lpips",
-                    "--no-pose-refinement", "--workspace", ws)
+                    *option, "--workspace", ws)
     assert result.exit_code == 0, result.output
     config = json.loads((ws / "config.json").read_text())
-    assert config["train"]["pose_refinement"] is False
+    assert config["train"]["pose_refinement"] is expected
     assert config["render"]["step_scale"] == 4.0  # the small model's long steps, --step-scale not given
-    assert ckpt.load_checkpoint(ws / "checkpoints" / "latest.pth")["poses"] is None
+    poses = ckpt.load_checkpoint(ws / "checkpoints" / "latest.pth")["poses"]
+    assert (poses is not None) is expected
 
 
 def _reprojection_px(pose: torch.Tensor, true_pose: torch.Tensor, subject) -> float:

@@ -67,7 +67,8 @@ def one_line_error(result) -> str:
 
 @functools.cache
 def build_tiny_run(root: Path) -> SimpleNamespace:
-    """Synthesise a 10-frame 64x64 subject with 4 coefficients and train it for a few steps, both via the CLI."""
+    """Synthesise a 10-frame 64x64 subject with 4 coefficients and train it for a few steps with pose refinement,
+    both via the CLI."""
     subject = root / "subject"
     result = invoke("synth", subject, "--frames", 10, "--size", 64, "--coeffs", 4, "--seed", 0)
     assert result.exit_code == 0, result.output
@@ -77,7 +78,7 @@ def build_tiny_run(root: Path) -> SimpleNamespace:
         patch.setattr(nerfbs.config, "Config", TinyConfig)
         result = invoke("train", subject, "--workspace", workspace, "--model", "original", "--steps", TINY_STEPS,
                         "--test-last", TINY_TEST_LAST,
-                        "--no-lpips", "--lr", "0.02", "--rays-per-image", 512,
+                        "--no-lpips", "--lr", "0.02", "--rays-per-image", 512, "--pose-refinement",
                         "--validate-every", TINY_VALIDATE_EVERY, "--checkpoint-every", 1000)
     assert result.exit_code == 0, result.output
     return SimpleNamespace(subject=subject, workspace=workspace, checkpoint=workspace / "checkpoints" / "latest.pth",
