@@ -155,9 +155,9 @@ class TrainConfig:
     # (0.06 from the centre) by about 0.2 px. The learning rates are Adam's step sizes (about the largest change
     # per step) and decay with the field's; a frame gets a gradient only on the steps that draw it.
     # Off by default: on both real videos it lost held-out face score in 5 minutes (-0.14 dB katie, -0.27 dB d10,
-    # docs/PERF.md session 18), as its spatial gradients make each step 15-21 % dearer.
+    # docs/PERF.md session 18), and its spatial gradients make each step 15-21 % dearer.
     pose_refinement: bool = False
-    # The rates are the settings measured on the GPU (docs/PERF.md, session 6): rates of 2e-4 / 1.2e-5 cost 0.7 dB
+    # Its rates below are those measured on the GPU (docs/PERF.md, session 6): rates of 2e-4 / 1.2e-5 cost 0.7 dB
     # of held-out face score on d10 and 1.4 dB on katie (each frame's Adam steps wander); a tenth of them is neutral
     # (+0.01 dB on d10), with the penalty at 0.1 and corrections from the start. A CPU study preferred a later start
     # (pose_refinement_from 0.2), a 3x translation rate and a penalty of 1.0; the GPU has not measured that yet.
