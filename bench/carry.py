@@ -39,7 +39,7 @@ def pack(out: Path, subjects: dict[str, Path]) -> None:
     for p in jpegs:
         shutil.copy2(p, out / "ori_imgs" / p.name)
     own = {name: _carried_files(root) for name, root in subjects.items()}
-    common = [] if len(subjects) == 1 else [rel for rel in _carried_files(first) if all(
+    common = [] if len(subjects) == 1 else [rel for rel in next(iter(own.values())) if all(
         (root / rel).is_file() and filecmp.cmp(first / rel, root / rel, shallow=False) for root in subjects.values())]
     with tarfile.open(out / COMMON, "w:xz") as tar:
         for rel in common:

@@ -23,6 +23,11 @@ source bench/gpu/katie_setup.sh
 set -m  # each training in its own process group, so that SIGINT (the trainer saves a checkpoint) reaches it
 rm -rf /tmp/base_tree && mkdir -p /tmp/base_tree && tar -xJf .carry/code_base.tar.xz -C /tmp/base_tree || exit 1
 cap() { local l=$(left); echo $(( l < $1 ? (l > 1 ? l : 1) : $1 )); }  # seconds: at most $1, at most what is left
+score() {  # CHECKPOINT SUBJECT OUT SECONDS [EVAL OPTIONS]: today's `nerfbs eval` into OUT (log OUT.log), if time is left
+    local ckpt=$1 subject=$2 out=$3 seconds=$4; shift 4
+    [ $(left) -gt 10 ] && timeout $(cap $seconds) python3 cli.py eval $ckpt --subject /tmp/subjects/$subject \
+        --out $out "$@" > $out.log 2>&1
+}
 pids=() names=()
 for spec in $RUNS; do
     IFS=: read name tree subject test_last options <<< "$spec"
@@ -45,21 +50,18 @@ for spec in $RUNS; do
     ckpt=/tmp/ws/$name/checkpoints/latest.pth
     [ -f $ckpt ] || { echo "$name: no checkpoint"; tail -3 $R/$name.train.log; continue; }
     if [ $tree = new ]; then cp -r /tmp/ws/$name/eval $R/eval_$name; echo "$name: $(tail -1 $R/$name.train.log)"; continue; fi
-    [ $(left) -gt 10 ] && timeout $(cap $EVAL_RESERVE) python3 cli.py eval $ckpt --subject /tmp/subjects/$subject \
-        --out $R/eval_$name > $R/eval_$name.log 2>&1
+    score $ckpt $subject $R/eval_$name $EVAL_RESERVE
     echo "$name: $(grep -aoE ' step [0-9]+' $R/$name.train.log | tail -1), $(grep -m1 "face hull" $R/eval_$name/metrics.md)"
 done
 for name in $REFINE_RUNS; do
     spec=$(tr ' ' '\n' <<< "$RUNS" | grep "^$name:"); IFS=: read name tree subject _ <<< "$spec"
-    [ $(left) -gt 10 ] && timeout $(cap $REFINE_RESERVE) python3 cli.py eval /tmp/ws/$name/checkpoints/latest.pth \
-        --subject /tmp/subjects/$subject --refine-poses $REFINE --out $R/refine_$name > $R/refine_$name.log 2>&1
+    score /tmp/ws/$name/checkpoints/latest.pth $subject $R/refine_$name $REFINE_RESERVE --refine-poses $REFINE
     echo "$name, tracked / refined held-out cameras:" $(grep -h "face hull" $R/refine_$name/metrics.md \
         $R/refine_$name/refined_poses/metrics.md 2>/dev/null)
 done
 for pair in $CROSS_EVALS; do
     IFS=: read name subject <<< "$pair"
-    [ $(left) -gt 10 ] && timeout $(cap $EVAL_RESERVE) python3 cli.py eval /tmp/ws/$name/checkpoints/latest.pth \
-        --subject /tmp/subjects/$subject --out $R/cross_${name}_$subject > $R/cross_${name}_$subject.log 2>&1
+    score /tmp/ws/$name/checkpoints/latest.pth $subject $R/cross_${name}_$subject $EVAL_RESERVE
     echo "$name against $subject:" $(grep -E "^\| (full|face) " $R/cross_${name}_$subject/metrics.md | tr -s ' ')
 done
 for f in $R/eval_*/metrics.md; do echo "== $f"; cat $f; done 2>/dev/null | head -120
