@@ -51,7 +51,7 @@ for spec in $RUNS; do
     [ -f $ckpt ] || { echo "$name: no checkpoint"; tail -3 $R/$name.train.log; continue; }
     if [ $tree = new ]; then cp -r /tmp/ws/$name/eval $R/eval_$name; echo "$name: $(tail -1 $R/$name.train.log)"; continue; fi
     score $ckpt $subject $R/eval_$name $EVAL_RESERVE
-    echo "$name: $(grep -aoE ' step [0-9]+' $R/$name.train.log | tail -1), $(grep -m1 "face hull" $R/eval_$name/metrics.md)"
+    echo "$name: $(grep -a -m1 '^trained' $R/$name.train.log), $(grep -m1 "face hull" $R/eval_$name/metrics.md)"
 done
 for name in $REFINE_RUNS; do
     spec=$(tr ' ' '\n' <<< "$RUNS" | grep "^$name:"); IFS=: read name tree subject _ <<< "$spec"
